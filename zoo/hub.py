@@ -1,0 +1,260 @@
+"""``ZooModule``, the base of every trainable entry, and ``zoo.load``, the one way weights come in.
+
+A published entry is a folder (local or a Hub repo) holding ``model.safetensors``,
+``config.json`` and a rendered model card. ``config.json`` records the init arguments plus
+``architecture`` (the entry name), ``zoo_class`` and ``zoo_format_version``; ``zoo.load`` reads
+it, picks the class from the registry (never from an arbitrary import path in the file) and
+loads the weights with strict key matching. Nothing here unpickles unless the caller opts in,
+and then only with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import ModelCard, PyTorchModelHubMixin, hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+from lightning.pytorch import LightningModule
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from zoo.errors import UnsafeCheckpointError, WrongClassError, ZooLoadError
+from zoo.registry import Entry, entry_for_class, get_entry
+
+__all__ = ["ZooModule", "load", "FORMAT_VERSION", "CONFIG_NAME", "WEIGHTS_NAME"]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+PICKLE_NAMES = ("pytorch_model.bin", "model.ckpt", "last.ckpt")
+RESERVED_KEYS = ("architecture", "zoo_class", "zoo_format_version")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class ZooModule(LightningModule, PyTorchModelHubMixin, library_name="balance-zoo", tags=["balance-zoo"]):
+    """A LightningModule that publishes to and loads from the Hugging Face Hub.
+
+    Subclasses take only JSON-able init arguments and call ``self.save_hyperparameters()``, so
+    LightningCLI, Lightning checkpoints and the hub's ``config.json`` describe the same model.
+    """
+
+    # ----------------------------------------------------------------------------- identity
+    @classmethod
+    def zoo_entry(cls) -> Entry:
+        return entry_for_class(cls)
+
+    def init_args(self) -> dict[str, Any]:
+        """The JSON-able init arguments recorded by ``save_hyperparameters``."""
+        params = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        if params and not self.hparams:
+            raise TypeError(f"{type(self).__qualname__}.__init__ must call self.save_hyperparameters()")
+        args = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
+        for key in RESERVED_KEYS:
+            if key in args:
+                raise TypeError(f"{type(self).__qualname__}: init argument {key!r} is reserved by config.json")
+        json.dumps(args)  # fails loudly on a non-JSON-able argument
+        return args
+
+    def hub_config(self) -> dict[str, Any]:
+        """``config.json``: the init arguments plus the entry name, class and format version."""
+        return {
+            **self.init_args(),
+            "architecture": self.zoo_entry().name,
+            "zoo_class": class_path(type(self)),
+            "zoo_format_version": FORMAT_VERSION,
+        }
+
+    # ----------------------------------------------------------------------------- saving
+    def save_pretrained(  # type: ignore[override]
+        self,
+        save_directory: str | Path,
+        *,
+        metrics: dict[str, float] | None = None,
+        repo_id: str | None = None,
+        push_to_hub: bool = False,
+        **push_to_hub_kwargs: Any,
+    ) -> str | None:
+        """Write ``model.safetensors``, ``config.json`` and the rendered card; optionally push.
+
+        ``metrics`` (measured, e.g. from ``trainer.test``) go into the card's model-index.
+        """
+        save_directory = Path(save_directory)
+        save_directory.mkdir(parents=True, exist_ok=True)
+        (save_directory / "README.md").unlink(missing_ok=True)  # always re-render the card
+        return super().save_pretrained(
+            save_directory,
+            config=self.hub_config(),
+            repo_id=repo_id,
+            push_to_hub=push_to_hub,
+            model_card_kwargs={"metrics": metrics, "repo_id": repo_id},
+            **push_to_hub_kwargs,
+        )
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
+        from zoo.cards import render_card
+
+        return render_card(self.zoo_entry(), self.init_args(), metrics=kwargs.get("metrics"), repo_id=kwargs.get("repo_id"))
+
+    # ----------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> ZooModule:  # type: ignore[override]
+        """Load weights published for this class (or a subclass); see :func:`zoo.load`."""
+        return load(pretrained_model_name_or_path, expected_class=cls, **kwargs)
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["zoo"] = {
+            "architecture": self.zoo_entry().name,
+            "zoo_class": class_path(type(self)),
+            "zoo_format_version": FORMAT_VERSION,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("zoo", {}).get("zoo_class")
+        if saved is not None and saved != class_path(type(self)):
+            raise WrongClassError(
+                f"checkpoint holds a {saved.rpartition('.')[2]}, not a {type(self).__qualname__}; "
+                f"pick the matching --model or use zoo publish, which reads the class from the checkpoint"
+            )
+
+
+# --------------------------------------------------------------------------------- zoo.load
+def load(
+    path_or_repo_id: str | Path,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
+    allow_pickle: bool = False,
+    expected_class: type | None = None,
+    map_location: str = "cpu",
+    **overrides: Any,
+) -> ZooModule:
+    """Load a published entry from a local folder or a Hub repo id, in eval mode.
+
+    ``config.json`` names the entry; the class comes from the registry. ``overrides`` replace
+    init arguments (e.g. ``lr=...``); weights must match the built model key for key.
+    A folder that holds only pickled weights is refused unless ``allow_pickle=True``, and even
+    then it is read with ``torch.load(weights_only=True)``.
+    """
+    source = _Source(path_or_repo_id, revision, cache_dir, token, local_files_only, force_download)
+    config = source.read_config()
+    entry = get_entry(str(config.get("architecture")))
+    cls = entry.load_module_class()
+    saved_class = config.get("zoo_class")
+    if saved_class != entry.module_path:
+        raise ZooLoadError(f"{source}: config.json says class {saved_class!r}, but entry {entry.name!r} is {entry.module_path!r}")
+    if expected_class is not None and not issubclass(cls, expected_class):
+        raise WrongClassError(f"{source} holds a {cls.__qualname__} ({entry.name}), not a {expected_class.__qualname__}")
+    version = config.get("zoo_format_version")
+    if version != FORMAT_VERSION:
+        raise ZooLoadError(f"{source}: zoo_format_version {version!r} is not supported (this zoo reads {FORMAT_VERSION})")
+    init_args = {k: v for k, v in config.items() if k not in RESERVED_KEYS}
+    init_args.update(overrides)
+    model = cls(**init_args)
+    state = source.read_weights(allow_pickle=allow_pickle, map_location=map_location)
+    _load_state_strict(model, state, source)
+    return model.eval()
+
+
+def _load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: object) -> None:
+    expected, found = set(model.state_dict()), set(state)
+    if expected != found:
+        missing, unexpected = sorted(expected - found), sorted(found - expected)
+        raise ZooLoadError(f"{source}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:  # shape mismatch
+        first = str(err).strip().splitlines()[-1].strip()
+        raise ZooLoadError(f"{source}: weights do not fit the model: {first}") from None
+
+
+class _Source:
+    """A local hub folder or a Hub repo, read one file at a time."""
+
+    def __init__(
+        self,
+        path_or_repo_id: str | Path,
+        revision: str | None,
+        cache_dir: str | Path | None,
+        token: str | None,
+        local_files_only: bool,
+        force_download: bool,
+    ) -> None:
+        self.name = str(path_or_repo_id)
+        path = Path(os.path.expanduser(self.name))
+        self.local: Path | None = None
+        if path.exists():
+            if not path.is_dir():
+                raise ZooLoadError(f"{self.name} is a file; zoo.load takes a hub folder or a repo id (zoo publish turns a .ckpt into one)")
+            self.local = path
+        elif isinstance(path_or_repo_id, Path) or not _REPO_ID.match(self.name):
+            raise FileNotFoundError(f"{self.name}: not found (neither a local folder nor a Hub repo id like 'org/name')")
+        self.hub_kwargs = dict(
+            revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only, force_download=force_download
+        )
+
+    def __str__(self) -> str:
+        return self.name
+
+    def file(self, filename: str) -> Path | None:
+        """The local path of ``filename``, downloading it from the Hub if needed; None if absent."""
+        if self.local is not None:
+            candidate = self.local / filename
+            return candidate if candidate.is_file() else None
+        try:
+            return Path(hf_hub_download(self.name, filename, **self.hub_kwargs))
+        except EntryNotFoundError:
+            return None
+        except LocalEntryNotFoundError:
+            raise FileNotFoundError(f"{self.name}: not found locally and the Hub could not be reached (offline?)") from None
+        except HfHubHTTPError as err:
+            raise FileNotFoundError(f"{self.name}: not found on the Hub ({type(err).__name__})") from None
+
+    def read_config(self) -> dict[str, Any]:
+        path = self.file(CONFIG_NAME)
+        if path is None:
+            raise ZooLoadError(f"{self}: no {CONFIG_NAME}; this is not a balance-zoo hub folder")
+        try:
+            config = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ZooLoadError(f"{self}: {CONFIG_NAME} is not valid JSON ({err})") from None
+        if not isinstance(config, dict) or "architecture" not in config:
+            raise ZooLoadError(f"{self}: {CONFIG_NAME} has no 'architecture'; this is not a balance-zoo hub folder")
+        return config
+
+    def read_weights(self, *, allow_pickle: bool, map_location: str) -> dict[str, torch.Tensor]:
+        path = self.file(WEIGHTS_NAME)
+        if path is not None:
+            try:
+                return load_file(str(path), device=map_location)
+            except (SafetensorError, OSError, ValueError) as err:
+                raise ZooLoadError(f"{self}: {WEIGHTS_NAME} is corrupted or truncated ({err})") from None
+        pickled = next((p for p in map(self.file, PICKLE_NAMES) if p is not None), None)
+        if pickled is None:
+            raise ZooLoadError(f"{self}: no {WEIGHTS_NAME} found")
+        if not allow_pickle:
+            raise UnsafeCheckpointError(
+                f"{self}: holds only pickled weights ({pickled.name}), which can run code when loaded; "
+                f"pass allow_pickle=True to read them with torch.load(weights_only=True) if you trust the source"
+            )
+        try:
+            obj = torch.load(pickled, map_location=map_location, weights_only=True)
+        except Exception as err:  # noqa: BLE001 - an unpickling refusal or a corrupt file: both are bad input
+            raise ZooLoadError(f"{self}: {pickled.name} could not be read safely ({type(err).__name__}: {err})") from None
+        return obj.get("state_dict", obj) if isinstance(obj, dict) else obj

@@ -1,0 +1,123 @@
+"""The one table of zoo entries: entry name -> paper, kind, import target and card folder.
+
+Every test, the README table and ``zoo.load`` are driven from this table, so an entry
+exists the day it is registered here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from zoo.errors import UnknownEntryError
+
+__all__ = ["Entry", "list_entries", "get_entry", "entry_for_class", "CARDS_DIR", "import_object"]
+
+Kind = Literal["module", "callback", "loss", "optimizer", "algorithm"]
+KINDS: tuple[str, ...] = ("module", "callback", "loss", "optimizer", "algorithm")
+
+#: ``cards/`` sits beside the packages at the top of the repository.
+CARDS_DIR = Path(__file__).resolve().parent.parent / "cards"
+
+
+def import_object(path: str) -> object:
+    """Import ``package.module.Name`` and return ``Name``."""
+    module_name, _, attr = path.rpartition(".")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One paper in the zoo.
+
+    ``target`` is the class the paper contributes (a loss, a callback, a module ...).
+    ``module`` is the :class:`zoo.hub.ZooModule` that trains and publishes the entry; it is
+    ``target`` itself when the paper's contribution is a LightningModule.
+    """
+
+    name: str
+    paper: str
+    arxiv: str | None
+    kind: Kind
+    target: str
+    card: str
+    module: str | None = None
+    summary: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"entry {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+
+    @property
+    def module_path(self) -> str:
+        """Import path of the ZooModule that trains and publishes this entry."""
+        return self.module or self.target
+
+    @property
+    def card_dir(self) -> Path:
+        return CARDS_DIR / self.card
+
+    def load_target(self) -> type:
+        return import_object(self.target)  # type: ignore[return-value]
+
+    def load_module_class(self) -> type:
+        return import_object(self.module_path)  # type: ignore[return-value]
+
+    @property
+    def arxiv_url(self) -> str | None:
+        return f"https://arxiv.org/abs/{self.arxiv}" if self.arxiv else None
+
+
+_ENTRIES: tuple[Entry, ...] = (
+    Entry(
+        name="anyloss",
+        paper="AnyLoss: Transforming Classification Metrics into Loss Functions",
+        arxiv="2405.14745",
+        kind="loss",
+        target="zoo.anyloss.AnyLoss",
+        module="zoo.anyloss.AnyLossClassifier",
+        card="anyloss",
+        summary="Any confusion-matrix metric (F1, G-mean, balanced accuracy) as a differentiable loss.",
+    ),
+    Entry(
+        name="neural-collapse",
+        paper="Neural Collapse in Deep Linear Networks: From Balanced to Imbalanced Data",
+        arxiv="2301.00437",
+        kind="callback",
+        target="callbacks.neural_collapse.NeuralCollapseMonitor",
+        module="zoo.neural_collapse.DeepLinearUFM",
+        card="neural-collapse",
+        summary="NC1-NC3 monitor for any model; the imbalanced deep-linear UFM and its closed form.",
+    ),
+)
+
+
+def list_entries(kind: str | None = None) -> list[Entry]:
+    """All registered entries, optionally only those of one ``kind``."""
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return [e for e in _ENTRIES if kind is None or e.kind == kind]
+
+
+def get_entry(name: str) -> Entry:
+    """The entry called ``name``; an unknown name raises an error that suggests close ones."""
+    for entry in _ENTRIES:
+        if entry.name == name:
+            return entry
+    names = [e.name for e in _ENTRIES]
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise UnknownEntryError(f"unknown entry {name!r}{hint} (zoo list shows all {len(names)})")
+
+
+def entry_for_class(cls: type) -> Entry:
+    """The entry whose ZooModule is ``cls`` (or a parent of it)."""
+    for klass in cls.__mro__:
+        path = f"{klass.__module__}.{klass.__qualname__}"
+        for entry in _ENTRIES:
+            if entry.module_path == path:
+                return entry
+    raise UnknownEntryError(f"{cls.__qualname__} is not the module of any registered entry")

@@ -1,7 +1,24 @@
 """LightningDataModules: the papers' benchmark loaders and the embedded defaults."""
 
+from datamodules.cifar import (
+    CIFAR10DataModule,
+    CIFAR10LTDataModule,
+    CIFAR100DataModule,
+    CIFAR100LTDataModule,
+    CIFARDataModule,
+)
 from datamodules.digits import DigitsDataModule
 from datamodules.longtail import longtail_counts, longtail_indices
 from datamodules.tabular import SyntheticBinaryDataModule
 
-__all__ = ["DigitsDataModule", "SyntheticBinaryDataModule", "longtail_counts", "longtail_indices"]
+__all__ = [
+    "CIFAR10DataModule",
+    "CIFAR10LTDataModule",
+    "CIFAR100DataModule",
+    "CIFAR100LTDataModule",
+    "CIFARDataModule",
+    "DigitsDataModule",
+    "SyntheticBinaryDataModule",
+    "longtail_counts",
+    "longtail_indices",
+]

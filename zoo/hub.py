@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from zoo.errors import UnsafeCheckpointError, WrongClassError, ZooLoadError
 from zoo.registry import Entry, entry_for_class, get_entry
 
-__all__ = ["ZooModule", "load", "FORMAT_VERSION", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = ["ZooModule", "load", "module_from_checkpoint", "FORMAT_VERSION", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -258,3 +258,33 @@ class _Source:
         except Exception as err:  # noqa: BLE001 - an unpickling refusal or a corrupt file: both are bad input
             raise ZooLoadError(f"{self}: {pickled.name} could not be read safely ({type(err).__name__}: {err})") from None
         return obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+
+
+# --------------------------------------------------------------------------- checkpoints
+def module_from_checkpoint(ckpt_path: str | Path, expected_class: type | None = None) -> ZooModule:
+    """Rebuild a ZooModule from a Lightning checkpoint, read with ``weights_only=True``.
+
+    The class comes from the registry through the ``zoo`` record that :class:`ZooModule`
+    writes into every checkpoint, so a checkpoint of another class, or not of this zoo at
+    all, is refused with a clear error instead of loading half its keys.
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling refused or corrupt file: bad input either way
+        raise ZooLoadError(f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+    record = ckpt.get("zoo") if isinstance(ckpt, dict) else None
+    if not isinstance(record, dict) or "state_dict" not in ckpt:
+        raise ZooLoadError(f"{path}: not a balance-zoo checkpoint (no 'zoo' record); train it with zoo fit")
+    entry = get_entry(str(record.get("architecture")))
+    cls = entry.load_module_class()
+    if record.get("zoo_class") != entry.module_path:
+        raise ZooLoadError(f"{path}: records class {record.get('zoo_class')!r}, but entry {entry.name!r} is {entry.module_path!r}")
+    if expected_class is not None and not issubclass(cls, expected_class):
+        raise WrongClassError(f"{path} holds a {cls.__qualname__} ({entry.name}), not a {expected_class.__qualname__}")
+    init_args = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
+    model = cls(**init_args)
+    _load_state_strict(model, ckpt["state_dict"], path)
+    return model.eval()

@@ -65,6 +65,8 @@ class DigitsDataModule(LightningDataModule):
             raise ValueError(f"binary_positive must be a digit 0..9 or None, got {binary_positive}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not imbalance_ratio >= 1:
+            raise ValueError(f"imbalance_ratio must be >= 1 (1 = balanced), got {imbalance_ratio}")
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.seed = seed

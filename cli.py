@@ -41,8 +41,13 @@ def build_lightning_cli(args: Sequence[str], *, run: bool = True) -> Any:
 
     from zoo.hub import ZooModule
 
+    class ZooCLI(LightningCLI):
+        def parse_arguments(self, parser: Any, args: Any) -> None:
+            super().parse_arguments(parser, args)
+            _check_ckpt_path(self.config)  # before LightningCLI reads it, seeds or builds anything
+
     _import_all_entries()
-    return LightningCLI(
+    return ZooCLI(
         ZooModule,
         LightningDataModule,
         subclass_mode_model=True,
@@ -52,6 +57,44 @@ def build_lightning_cli(args: Sequence[str], *, run: bool = True) -> Any:
         parser_kwargs={"exit_on_error": False, "prog": "zoo"},
         save_config_kwargs={"overwrite": True},
     )
+
+
+_SPECIAL_CKPT_PATHS = ("best", "last", "hpc")
+
+
+def _check_ckpt_path(config: Any) -> None:
+    """Refuse a missing ``--ckpt_path`` or a checkpoint of another class with one clear error.
+
+    Runs right after parsing, so the error comes before LightningCLI swaps in the checkpoint's
+    own ``_class_path``, seeds, or builds a Trainer (whose warnings would bury it).
+    """
+    subcommand = config.get("subcommand")
+    ckpt_path = config[subcommand].get("ckpt_path") if subcommand else None
+    if not ckpt_path or ckpt_path in _SPECIAL_CKPT_PATHS or str(ckpt_path).startswith("registry") or "://" in str(ckpt_path):
+        return
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt_path} not found")
+    model = config[subcommand].get("model")
+    wanted = model.get("class_path") if model is not None and hasattr(model, "get") else None
+    if wanted is None:  # no --model: LightningCLI takes the class from the checkpoint
+        return
+    import torch
+
+    from zoo.errors import WrongClassError, ZooLoadError
+
+    try:  # mmap: only the small records are read, not the weights
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - unpickling refused, legacy or corrupt file: bad input
+        raise ZooLoadError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+    record = ckpt.get("zoo") if isinstance(ckpt, dict) else None
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    saved = (record or {}).get("zoo_class") or (hparams or {}).get("_class_path")
+    if saved and saved != wanted:
+        raise WrongClassError(
+            f"{path} holds a {saved.rpartition('.')[2]}, not a {wanted.rpartition('.')[2]}; "
+            f"pick the matching --model or leave --model out to use the checkpoint's class"
+        )
 
 
 # ----------------------------------------------------------------------------- subcommands
@@ -164,8 +207,16 @@ class _BadInput(Exception):
     """Raised by the CLI itself for arguments it cannot use."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage and exiting (``exit_on_error`` misses
+    unknown and missing arguments), so every bad input ends as one line."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise _BadInput(message)
+
+
 def _zoo_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="zoo",
         description="balance-zoo: train (fit/validate/test/predict, LightningCLI), list, publish and reproduce entries.",
         exit_on_error=False,

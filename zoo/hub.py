@@ -85,21 +85,30 @@ class ZooModule(LightningModule, PyTorchModelHubMixin, library_name="balance-zoo
         metrics: dict[str, float] | None = None,
         repo_id: str | None = None,
         push_to_hub: bool = False,
+        config: dict[str, Any] | None = None,
+        model_card_kwargs: dict[str, Any] | None = None,
         **push_to_hub_kwargs: Any,
     ) -> str | None:
         """Write ``model.safetensors``, ``config.json`` and the rendered card; optionally push.
 
         ``metrics`` (measured, e.g. from ``trainer.test``) go into the card's model-index.
+        ``config`` and ``model_card_kwargs`` exist because the mixin's ``push_to_hub`` calls
+        ``save_pretrained(tmp, config=..., model_card_kwargs=...)`` again: ``config.json`` is
+        always :meth:`hub_config`, and the card keeps the metrics and repo id passed first.
         """
         save_directory = Path(save_directory)
         save_directory.mkdir(parents=True, exist_ok=True)
         (save_directory / "README.md").unlink(missing_ok=True)  # always re-render the card
+        card_kwargs: dict[str, Any] = {"metrics": metrics, "repo_id": repo_id}
+        for key, value in (model_card_kwargs or {}).items():
+            if card_kwargs.get(key) is None:
+                card_kwargs[key] = value
         return super().save_pretrained(
             save_directory,
             config=self.hub_config(),
             repo_id=repo_id,
             push_to_hub=push_to_hub,
-            model_card_kwargs={"metrics": metrics, "repo_id": repo_id},
+            model_card_kwargs=card_kwargs,
             **push_to_hub_kwargs,
         )
 

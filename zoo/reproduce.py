@@ -210,12 +210,13 @@ def evaluate_condition(cond: Condition, values: dict[str, dict[str, list[float]]
     def lookup(arm: str, alias: str) -> np.ndarray:
         return np.asarray(values[arm][alias], dtype=float)
 
-    lhs, rhs = np.asarray(_evaluate(left, lookup), float), np.asarray(_evaluate(right, lookup), float)
-    if not cond.each_seed:
-        lhs, rhs = np.asarray(lhs.mean()), np.asarray(rhs.mean())
-    margins = (lhs - rhs) if symbol in (">", ">=") else (rhs - lhs)
-    compare = dict((s, f) for s, f in _COMPARE.values())[symbol]
-    held_each = np.vectorize(compare)(lhs, rhs)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lhs, rhs = np.asarray(_evaluate(left, lookup), float), np.asarray(_evaluate(right, lookup), float)
+        if not cond.each_seed:
+            lhs, rhs = np.asarray(lhs.mean()), np.asarray(rhs.mean())
+        margins = (lhs - rhs) if symbol in (">", ">=") else (rhs - lhs)
+        compare = dict(_COMPARE.values())[symbol]
+        held_each = np.vectorize(compare)(lhs, rhs)
     finite = bool(np.all(np.isfinite(margins)))
     worst = int(np.argmin(margins)) if margins.ndim and margins.size else 0
     margin_vec = np.atleast_1d(margins)

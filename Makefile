@@ -1,0 +1,42 @@
+# balance-zoo: `make demo` and `make test` bootstrap .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PYTHONWARNINGS ?= ignore::DeprecationWarning
+
+.PHONY: venv demo test bench reproduce readme-table clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Train AnyLoss with LightningCLI, test, publish, load back, compare; then check its claim.
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+## The whole test suite (CI runs exactly this).
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## Speed ratios against named peers, measured in one run each.
+bench: $(STAMP)
+	$(PY) -m benchmarks.hub_load
+	$(PY) -m benchmarks.callback_overhead
+
+## Every entry's claim check, or one: make reproduce ENTRY=anyloss
+reproduce: $(STAMP)
+	@if [ -n "$(ENTRY)" ]; then $(VENV)/bin/zoo reproduce $(ENTRY); else \
+	  for e in $$($(PY) -c "import zoo; print(' '.join(e.name for e in zoo.list_entries()))"); do \
+	    $(VENV)/bin/zoo reproduce $$e || exit $$?; done; fi
+
+## The README's zoo table, generated from the registry.
+readme-table: $(STAMP)
+	$(VENV)/bin/zoo list --markdown
+
+clean:
+	rm -rf runs lightning_logs .pytest_cache

@@ -23,7 +23,7 @@ from huggingface_hub import ModelCard, PyTorchModelHubMixin, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 from lightning.pytorch import LightningModule
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from zoo.errors import UnsafeCheckpointError, WrongClassError, ZooLoadError
 from zoo.registry import Entry, entry_for_class, get_entry
@@ -77,7 +77,20 @@ class ZooModule(LightningModule, PyTorchModelHubMixin, library_name="balance-zoo
             "zoo_format_version": FORMAT_VERSION,
         }
 
+    #: state_dict key prefixes kept in Lightning checkpoints but not published (replay
+    #: buffers, frozen teachers loaded by name): ``zoo.load`` rebuilds them from the init args.
+    hub_ignore: tuple[str, ...] = ()
+
+    def hub_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors ``model.safetensors`` holds: the state_dict minus ``hub_ignore``."""
+        return {k: v for k, v in self.state_dict().items() if not (self.hub_ignore and k.startswith(self.hub_ignore))}
+
     # ----------------------------------------------------------------------------- saving
+    def _save_pretrained(self, save_directory: Path) -> None:
+        # clone: safetensors refuses tensors that share memory (tied weights)
+        state = {k: v.detach().cpu().clone().contiguous() for k, v in self.hub_state_dict().items()}
+        save_file(state, str(Path(save_directory) / WEIGHTS_NAME), metadata={"format": "pt"})
+
     def save_pretrained(  # type: ignore[override]
         self,
         save_directory: str | Path,
@@ -181,13 +194,15 @@ def load(
     return model.eval()
 
 
-def _load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: object) -> None:
-    expected, found = set(model.state_dict()), set(state)
+def _load_state_strict(model: ZooModule, state: dict[str, torch.Tensor], source: object) -> None:
+    """Every published key present, nothing else (keys under ``hub_ignore`` may be absent)."""
+    expected = set(model.hub_state_dict())
+    found = {k for k in state if not (model.hub_ignore and k.startswith(model.hub_ignore))}
     if expected != found:
         missing, unexpected = sorted(expected - found), sorted(found - expected)
         raise ZooLoadError(f"{source}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=not model.hub_ignore)
     except RuntimeError as err:  # shape mismatch
         first = str(err).strip().splitlines()[-1].strip()
         raise ZooLoadError(f"{source}: weights do not fit the model: {first}") from None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,9 @@ def build_lightning_cli(args: Sequence[str], *, run: bool = True) -> Any:
 
     class ZooCLI(LightningCLI):
         def parse_arguments(self, parser: Any, args: Any) -> None:
-            super().parse_arguments(parser, args)
+            with warnings.catch_warnings():  # main() passes sys.argv[1:] on, which LightningCLI warns about
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+                super().parse_arguments(parser, args)
             _check_ckpt_path(self.config)  # before LightningCLI reads it, seeds or builds anything
 
     _import_all_entries()
@@ -63,10 +66,12 @@ _SPECIAL_CKPT_PATHS = ("best", "last", "hpc")
 
 
 def _check_ckpt_path(config: Any) -> None:
-    """Refuse a missing ``--ckpt_path`` or a checkpoint of another class with one clear error.
+    """Refuse a missing, unsafe or unreadable ``--ckpt_path``, or one of another class, in one line.
 
     Runs right after parsing, so the error comes before LightningCLI swaps in the checkpoint's
-    own ``_class_path``, seeds, or builds a Trainer (whose warnings would bury it).
+    own ``_class_path``, seeds, or builds a Trainer (whose warnings would bury it), and before
+    the Trainer reads the file with ``weights_only=False``: a file that does not load with
+    ``weights_only=True`` never gets that far.
     """
     subcommand = config.get("subcommand")
     ckpt_path = config[subcommand].get("ckpt_path") if subcommand else None
@@ -75,10 +80,6 @@ def _check_ckpt_path(config: Any) -> None:
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt_path} not found")
-    model = config[subcommand].get("model")
-    wanted = model.get("class_path") if model is not None and hasattr(model, "get") else None
-    if wanted is None:  # no --model: LightningCLI takes the class from the checkpoint
-        return
     import torch
 
     from zoo.errors import WrongClassError, ZooLoadError
@@ -86,14 +87,16 @@ def _check_ckpt_path(config: Any) -> None:
     try:  # mmap: only the small records are read, not the weights
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 - unpickling refused, legacy or corrupt file: bad input
-        raise ZooLoadError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+        raise ZooLoadError(f"{path}: not a readable checkpoint ({type(err).__name__} under weights_only=True)") from None
+    model = config[subcommand].get("model")
+    wanted = model.get("class_path") if model is not None and hasattr(model, "get") else None
     record = ckpt.get("zoo") if isinstance(ckpt, dict) else None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     saved = (record or {}).get("zoo_class") or (hparams or {}).get("_class_path")
-    if saved and saved != wanted:
+    if wanted and saved and saved != wanted:  # LightningCLI would otherwise quietly swap in the saved class
         raise WrongClassError(
             f"{path} holds a {saved.rpartition('.')[2]}, not a {wanted.rpartition('.')[2]}; "
-            f"pick the matching --model or leave --model out to use the checkpoint's class"
+            f"pick the matching --model ({saved})"
         )
 
 

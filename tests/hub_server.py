@@ -5,7 +5,7 @@
 which are the only endpoints this server covers:
 
 - ``POST /api/repos/create`` (``create_repo``): records the repo; answers 200 with its ``url``,
-  or 409 if it exists (``exist_ok=True`` accepts that).
+  or 409 (also with the ``url``) if it exists, which ``exist_ok=True`` accepts.
 - ``POST /api/validate-yaml`` (``create_commit`` checks a README.md's metadata): parses the YAML
   header with ``yaml.safe_load``; 200 with no errors, or 400 with the parse error.
 - ``POST /api/models/{org}/{name}/preupload/{revision}`` (``_fetch_upload_modes``): answers
@@ -14,6 +14,9 @@ which are the only endpoints this server covers:
 - ``POST /api/models/{org}/{name}/commit/{revision}`` (``_send_commit``): reads the NDJSON
   payload (a ``header`` line, then ``file`` lines with base64 ``content``), stores the files
   and answers with ``commitUrl``/``commitOid``.
+
+- ``GET /api/agent-harnesses`` (best-effort user-agent telemetry, fetched once per process):
+  answered 404, which ``huggingface_hub`` reads as "no registry" and caches nothing.
 
 Every other request gets a 404 and is listed in ``unhandled``, so a test can assert that the
 upload needed nothing else. Uploads stay on the plain commit API only with Xet off
@@ -74,6 +77,10 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
         def do_GET(self) -> None:
+            if self.path.split("?", 1)[0] == "/api/agent-harnesses":
+                with hub.lock:
+                    hub.requests.append(("GET", self.path, self.headers.get("Authorization")))
+                return self._reply(404, {"error": "no agent harness registry here"})
             self._unhandled()
 
         def do_PUT(self) -> None:
@@ -108,11 +115,12 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
 
         def _create_repo(self, payload: dict[str, Any]) -> None:
             repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
+            url = f"{hub.endpoint}/{repo_id}"
             with hub.lock:
-                if repo_id in hub.repos:
-                    return self._reply(409, {"error": "You already created this model repo"})
+                if repo_id in hub.repos:  # the Hub's 409 carries the url too; create_repo reads it
+                    return self._reply(409, {"error": "You already created this model repo", "url": url})
                 hub.repos[repo_id] = {}
-            self._reply(200, {"url": f"{hub.endpoint}/{repo_id}", "name": repo_id, "id": repo_id})
+            self._reply(200, {"url": url, "name": repo_id, "id": repo_id})
 
         def _validate_yaml(self, payload: dict[str, Any]) -> None:
             content: str = payload["content"]

@@ -38,7 +38,7 @@ def _import_all_entries() -> None:
 def build_lightning_cli(args: Sequence[str], *, run: bool = True) -> Any:
     """The zoo's LightningCLI: any ZooModule and any LightningDataModule, by class name or config."""
     from lightning.pytorch import LightningDataModule
-    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
     from zoo.hub import ZooModule
 
@@ -59,6 +59,8 @@ def build_lightning_cli(args: Sequence[str], *, run: bool = True) -> Any:
         run=run,
         parser_kwargs={"exit_on_error": False, "prog": "zoo"},
         save_config_kwargs={"overwrite": True},
+        # in-process runs (reproduce, tests) write no config.yaml beside the caller
+        save_config_callback=SaveConfigCallback if run else None,
     )
 
 

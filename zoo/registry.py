@@ -92,6 +92,35 @@ _ENTRIES: tuple[Entry, ...] = (
         card="neural-collapse",
         summary="NC1-NC3 monitor for any model; the imbalanced deep-linear UFM and its closed form.",
     ),
+    Entry(
+        name="coin",
+        paper="Large Continual Instruction Assistant (CoIN: dynamic-balance EMA)",
+        arxiv=None,
+        kind="callback",
+        target="callbacks.dynamic_ema.DynamicEMA",
+        module="zoo.coin.CoINClassifier",
+        card="coin",
+        summary="EMA weight averaging whose balance weight adapts per tensor and step; replaces weights at task ends.",
+    ),
+    Entry(
+        name="adab2n",
+        paper="Overcoming Recency Bias of Normalization Statistics in Continual Learning: Balance and Adaptation",
+        arxiv="2310.08855",
+        kind="module",
+        target="zoo.adab2n.AdaB2N",
+        module="zoo.adab2n.AdaB2NClassifier",
+        card="adab2n",
+        summary="BatchNorm with Bayesian task-balanced batch statistics and a tunable running-statistics momentum.",
+    ),
+    Entry(
+        name="bang",
+        paper="Spurious Feature Diversification Improves Out-of-distribution Generalization",
+        arxiv="2309.17230",
+        kind="algorithm",
+        target="zoo.bang.BANGClassifier",
+        card="bang",
+        summary="Weight averaging of models with diverse spurious features (WiSE-FT), balanced by BANG's fine-tuning.",
+    ),
 )
 
 

@@ -32,7 +32,8 @@ def _import_all_entries() -> None:
 
     for entry in list_entries():
         entry.load_target()
-        entry.load_module_class()
+        for path in entry.module_paths:
+            entry.load_module_class(path)
 
 
 def build_lightning_cli(args: Sequence[str], *, run: bool = True) -> Any:

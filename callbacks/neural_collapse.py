@@ -10,8 +10,9 @@ their class means (NC1), the class means and the classifier rows settle into a f
 geometry is the simplex equiangular tight frame (ETF). The paper proves that for a *bias-free*
 deep linear head ``W = W_M ... W_1`` trained with MSE and weight decay on imbalanced data the
 geometry is different: class means are orthogonal and classifier rows are orthogonal, with
-lengths fixed by the class sizes through a closed form (its Theorem 4.1, the imbalanced MSE
-case: the per-class equation for ``x_k`` and ``s_k^{2M} = N lambda_H x_k^M``). Classes too
+lengths fixed by the class sizes through a closed form (the paper's imbalanced-data theorem for
+the bias-free MSE deep linear UFM, its "General Orthogonal Frame": the per-class equation for
+``x_k`` and ``s_k^{2M} = N lambda_H x_k^M``; theorem numbers differ between arXiv versions). Classes too
 small to beat the regularisation collapse to zero ("minority collapse", ``x_k = 0``).
 
 Definitions (``K`` classes, ``n_k`` samples of class ``k``, ``N = sum n_k``, features ``h_i``):
@@ -34,7 +35,9 @@ moment, all summed across DDP processes) and :class:`NeuralCollapseMonitor` hook
 any LightningModule and logs ``nc/NC1``, ``nc/NC2_W``, ``nc/NC2_H``, ``nc/NC3``.
 
 Choices and guesses: one total second moment replaces the per-class ones (the same
-``Sigma_W``, exactly, at ``1/K`` of the memory); statistics are accumulated in float64; the
+``Sigma_W``, exactly, at ``1/K`` of the memory); statistics are accumulated in float64; NC1 is
+computed from the ``K x K`` Gram of the centred means (:func:`nc1_from_means`, equal to the
+``d x d`` pseudo-inverse formula of :func:`nc1` at ``O(K d^2)`` cost); the
 per-class equation is solved with ``scipy.optimize.brentq`` on the decreasing branch of
 ``M x^{M-1} / (x^M + 1)^2`` (the largest positive root, as the official code's sympy ``solve``
 then ``max``); ``Sigma_B`` uses the classes that have samples; a class with no sample has a
@@ -74,6 +77,7 @@ __all__ = [
     "geometry_targets",
     "max_abs_cosine",
     "nc1",
+    "nc1_from_means",
     "nc2",
     "nc3",
     "neural_collapse",
@@ -102,7 +106,7 @@ def _check_closed_form_args(class_counts: Sequence[float], depth: int, weight_de
 
 
 def closed_form_x(class_counts: Sequence[float], depth: int, weight_decay: float, feature_decay: float) -> np.ndarray:
-    """The per-class ``x_k`` of the paper's imbalanced MSE theorem (Theorem 4.1).
+    """The per-class ``x_k`` of the paper's imbalanced bias-free MSE theorem (General Orthogonal Frame).
 
     With ``b = M N (N lambda_W^M lambda_H)^{1/M}``, ``x_k`` is the largest positive root of
     ``b / n_k = M x^{M-1} / (x^M + 1)^2``, or 0 when there is none (minority collapse).
@@ -258,6 +262,24 @@ def nc1(sigma_w: Tensor, sigma_b: Tensor, num_classes: int, rtol: float = 1e-6) 
     return torch.trace(sigma_w @ pinv) / num_classes
 
 
+def nc1_from_means(sigma_w: Tensor, centred_means: Tensor, rtol: float = 1e-6) -> Tensor:
+    """NC1 with ``Sigma_B = D^T D / K`` given by the centred class means ``D (K, d)``, in ``O(K d^2)``.
+
+    The same value as :func:`nc1` without a ``d x d`` pseudo-inverse: with ``D D^T / K = U diag(l) U^T``
+    (the non-zero spectrum of ``Sigma_B``), ``Sigma_B^+ = D^T U diag(l^-2) U^T D / K``, so
+    ``NC1 = (1/K^2) sum_j u_j^T D Sigma_W D^T u_j / l_j^2`` over ``l_j > rtol * max(l)``.
+    """
+    k = centred_means.shape[0]
+    evals, evecs = torch.linalg.eigh(centred_means @ centred_means.T / k)
+    top = evals.max()
+    if not top > 0:
+        return sigma_w.new_tensor(math.inf if torch.any(sigma_w != 0) else 0.0)
+    keep = evals > rtol * top
+    proj = evecs[:, keep].T @ centred_means  # (r, d): u_j^T D
+    quad = ((proj @ sigma_w) * proj).sum(1)
+    return (quad / evals[keep] ** 2).sum() / k**2
+
+
 def _unit(a: Tensor) -> Tensor:
     norm = torch.linalg.matrix_norm(a)
     return a / norm if norm > 0 else torch.zeros_like(a)
@@ -318,16 +340,18 @@ def _compute(
     if counts.sum() == 0:
         raise ValueError("no samples were accumulated: call update(features, labels) before compute()")
     sigma_w = within_class_covariance(counts, sums, second_moment)
-    sigma_b = between_class_covariance(counts, sums)
     means = class_means(counts, sums)
+    present = counts > 0
+    global_mean = sums.sum(0) / counts.sum()
+    centred = means[present] - global_mean  # Sigma_B = centred^T centred / K
     if center_means:
-        means = torch.where((counts > 0).unsqueeze(1), means - sums.sum(0) / counts.sum(), means)
+        means = torch.where(present.unsqueeze(1), means - global_mean, means)
     w = weight.detach().to(sums)
     t_w, t_h, dual = geometry_targets(
         geometry, num_classes, counts, depth, weight_decay, feature_decay, dtype=sums.dtype, device=sums.device
     )
     return {
-        "NC1": nc1(sigma_w, sigma_b, int((counts > 0).sum()), rtol),
+        "NC1": nc1_from_means(sigma_w, centred, rtol),
         "NC2_W": nc2(w @ w.T, t_w),
         "NC2_H": nc2(means @ means.T, t_h),
         "NC3": nc3(w, means, dual),

@@ -177,10 +177,10 @@ def load(
     source = _Source(path_or_repo_id, revision, cache_dir, token, local_files_only, force_download)
     config = source.read_config()
     entry = get_entry(str(config.get("architecture")))
-    cls = entry.load_module_class()
     saved_class = config.get("zoo_class")
-    if saved_class != entry.module_path:
-        raise ZooLoadError(f"{source}: config.json says class {saved_class!r}, but entry {entry.name!r} is {entry.module_path!r}")
+    if saved_class not in entry.module_paths:
+        raise ZooLoadError(f"{source}: config.json says class {saved_class!r}, but entry {entry.name!r} publishes {list(entry.module_paths)}")
+    cls = entry.load_module_class(saved_class)
     if expected_class is not None and not issubclass(cls, expected_class):
         raise WrongClassError(f"{source} holds a {cls.__qualname__} ({entry.name}), not a {expected_class.__qualname__}")
     version = config.get("zoo_format_version")
@@ -303,9 +303,9 @@ def module_from_checkpoint(ckpt_path: str | Path, expected_class: type | None = 
     if not isinstance(record, dict) or "state_dict" not in ckpt:
         raise ZooLoadError(f"{path}: not a balance-zoo checkpoint (no 'zoo' record); train it with zoo fit")
     entry = get_entry(str(record.get("architecture")))
-    cls = entry.load_module_class()
-    if record.get("zoo_class") != entry.module_path:
-        raise ZooLoadError(f"{path}: records class {record.get('zoo_class')!r}, but entry {entry.name!r} is {entry.module_path!r}")
+    if record.get("zoo_class") not in entry.module_paths:
+        raise ZooLoadError(f"{path}: records class {record.get('zoo_class')!r}, but entry {entry.name!r} publishes {list(entry.module_paths)}")
+    cls = entry.load_module_class(record["zoo_class"])
     if expected_class is not None and not issubclass(cls, expected_class):
         raise WrongClassError(f"{path} holds a {cls.__qualname__} ({entry.name}), not a {expected_class.__qualname__}")
     init_args = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}

@@ -7,9 +7,9 @@ https://github.com/Fsoft-AIC/Neural-Collapse-in-Deep-Linear-Networks
 
 The UFM treats the last-layer features ``H = [h_1 ... h_N]`` of a very expressive network as
 free parameters and puts ``M`` bias-free linear layers on top. The paper trains it with the
-regularised MSE objective (its deep linear UFM problem, eq. (2)/(7) in the MSE sections)
+regularised MSE objective of its deep linear UFM (as in the official ``synthetic_experiment_imbalanced.py``)
 ``(1/2N) ||W_M ... W_1 H - Y||_F^2 + (lambda_W/2) sum_l ||W_l||_F^2 + (lambda_H/2) ||H||_F^2``
-and proves (Theorem 4.1 for imbalanced classes, bias-free) that every global minimiser has
+and proves (its imbalanced-data theorem, bias-free MSE case) that every global minimiser has
 collapsed features (NC1), orthogonal class means and orthogonal classifier rows whose lengths
 follow the class sizes ``n_k`` through ``x_k`` and ``s_k`` (see
 :func:`callbacks.neural_collapse.closed_form`), which is not the simplex ETF of the balanced
@@ -21,6 +21,10 @@ Choices: the two decays are applied as SGD ``weight_decay`` of two parameter gro
 (``lambda_W`` on every ``W_l``, ``lambda_H`` on ``H``), which gives exactly the gradient of the
 paper's penalty terms at a fraction of the autograd cost; the logged ``train/loss`` is the full
 objective. Initialisation is ``N(0, 0.1^2)`` for ``H`` and every ``W_l`` as in the official code.
+The UFM is meant for one process and full batches (its test-time ``mse``/``acc`` are per process;
+the NC metrics are summed over processes). :class:`DeepLinearHeadClassifier` is the real-network
+recipe (a backbone plus bias-free linear layers, the official ``--sep_decay`` MSE) used by
+``cards/neural-collapse/full.yaml``.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from callbacks.neural_collapse import (
 )
 from zoo.hub import ZooModule
 
-__all__ = ["DeepLinearUFM"]
+__all__ = ["DeepLinearHeadClassifier", "DeepLinearUFM"]
 
 
 class DeepLinearUFM(ZooModule):
@@ -192,3 +196,125 @@ class DeepLinearUFM(ZooModule):
             logs[f"test/mean_rel_{k}"] = mean_rel[k]
             logs[f"test/classifier_rel_{k}"] = cls_rel[k]
         self.log_dict({k: float(v) for k, v in logs.items()})
+
+
+class DeepLinearHeadClassifier(ZooModule):
+    """A backbone, then ``depth_linear`` (bias-free) linear layers: the paper's real-network setting.
+
+    The features measured by :class:`callbacks.neural_collapse.NeuralCollapseMonitor` are the
+    backbone's output (the input of ``head.0``) and ``W`` is the product of the head layers
+    (``classifier: <depth_linear>`` in the monitor). With ``loss="mse"`` it trains the paper's
+    objective with separate decays, as the official ``--sep_decay`` recipe does:
+    ``(1/2B) ||out - Y||^2 + (lambda_W/2) sum_l ||W_l||^2 + (lambda_H/2) sum_batch ||h_i||^2``,
+    and no weight decay on the backbone.
+
+    Args:
+        num_classes: ``K``.
+        backbone: ``"mlp"`` (the official MLP: ``depth_relu`` ReLU layers of ``width`` units, then a
+            linear layer with bias) or a timm model name (e.g. ``"resnet18"``, its pooled features).
+        in_features: flattened input size for the MLP (3072 for CIFAR).
+        width: MLP width (feature dimension ``d``); a timm backbone sets ``d`` itself.
+        depth_relu: ReLU layers of the MLP.
+        depth_linear: ``M``, linear layers in the head.
+        bias: a bias on the last head layer (the with-bias, ETF setting).
+        loss: ``"mse"`` (one-hot targets) or ``"ce"``.
+        optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9).
+        lr: learning rate; ``lr_step_epochs``/``lr_gamma``: step decay (None: constant).
+        weight_decay: ``lambda_W`` on each head layer; feature_decay: ``lambda_H`` on the features.
+
+    Guess: the feature penalty sums over the batch, as the official code; it equals the paper's
+    ``(lambda_H/2) ||H||^2`` for full-batch training (the official imbalanced recipe), and with
+    batches of ``B`` of ``N`` samples the effective ``lambda_H`` is ``feature_decay * B / N``.
+    The MSE is ``(1/2B)``, the paper's normalisation (the official real-network code also divides
+    by ``K``).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        backbone: str = "mlp",
+        in_features: int = 3072,
+        width: int = 2048,
+        depth_relu: int = 6,
+        depth_linear: int = 3,
+        bias: bool = False,
+        loss: str = "mse",
+        optimizer: str = "adam",
+        lr: float = 1e-4,
+        lr_step_epochs: int | None = None,
+        lr_gamma: float = 0.1,
+        weight_decay: float = 1e-5,
+        feature_decay: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if loss not in ("mse", "ce"):
+            raise ValueError(f"loss must be 'mse' or 'ce', got {loss!r}")
+        if optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+        if depth_linear < 1 or num_classes < 2:
+            raise ValueError(f"depth_linear must be >= 1 and num_classes >= 2, got {depth_linear}, {num_classes}")
+        self.save_hyperparameters()
+        if backbone == "mlp":
+            widths = [in_features] + [width] * depth_relu
+            layers: list[nn.Module] = [nn.Flatten()]
+            for a, b in zip(widths, widths[1:]):
+                layers += [nn.Linear(a, b), nn.ReLU()]
+            layers.append(nn.Linear(width, width))
+            self.backbone: nn.Module = nn.Sequential(*layers)
+            dim = width
+        else:
+            import timm
+
+            self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0)
+            dim = int(self.backbone.num_features)
+        widths = [dim] * depth_linear + [num_classes]
+        self.head = nn.Sequential(
+            *(nn.Linear(a, b, bias=bias and i == depth_linear - 1) for i, (a, b) in enumerate(zip(widths, widths[1:])))
+        )
+        for module in [*self.backbone.modules(), *self.head.modules()] if backbone == "mlp" else self.head.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.orthogonal_(module.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(x))
+
+    def _loss(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        x, y = batch
+        features = self.backbone(x)
+        logits = self.head(features)
+        hp = self.hparams
+        if hp.loss == "ce":
+            return F.cross_entropy(logits, y), logits
+        mse = (logits - F.one_hot(y, hp.num_classes).to(logits.dtype)).pow(2).sum() / (2 * len(y))
+        penalty = hp.weight_decay / 2 * sum(m.weight.pow(2).sum() for m in self.head)
+        return mse + penalty + hp.feature_decay / 2 * features.pow(2).sum(), logits
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss, logits = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", (logits.argmax(1) == batch[1]).float().mean())
+        return loss
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+        loss, logits = self._loss(batch)
+        self.log(f"{stage}/loss", loss)
+        self.log(f"{stage}/acc", (logits.argmax(1) == batch[1]).float().mean())
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self(batch[0] if isinstance(batch, (list, tuple)) else batch)
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        params = self.parameters()
+        opt: torch.optim.Optimizer = (
+            torch.optim.Adam(params, lr=hp.lr) if hp.optimizer == "adam" else torch.optim.SGD(params, lr=hp.lr, momentum=0.9)
+        )
+        if hp.lr_step_epochs is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, hp.lr_step_epochs, hp.lr_gamma)}

@@ -35,7 +35,9 @@ class Entry:
 
     ``target`` is the class the paper contributes (a loss, a callback, a module ...).
     ``module`` is the :class:`zoo.hub.ZooModule` that trains and publishes the entry; it is
-    ``target`` itself when the paper's contribution is a LightningModule.
+    ``target`` itself when the paper's contribution is a LightningModule. ``extra_modules``
+    are other ZooModules published under the entry (e.g. the full-scale recipe's model);
+    ``zoo.load`` builds only classes named here.
     """
 
     name: str
@@ -46,6 +48,7 @@ class Entry:
     card: str
     module: str | None = None
     summary: str = ""
+    extra_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -57,14 +60,23 @@ class Entry:
         return self.module or self.target
 
     @property
+    def module_paths(self) -> tuple[str, ...]:
+        """Every ZooModule class that may be published under this entry, the default first."""
+        return (self.module_path, *self.extra_modules)
+
+    @property
     def card_dir(self) -> Path:
         return CARDS_DIR / self.card
 
     def load_target(self) -> type:
         return import_object(self.target)  # type: ignore[return-value]
 
-    def load_module_class(self) -> type:
-        return import_object(self.module_path)  # type: ignore[return-value]
+    def load_module_class(self, path: str | None = None) -> type:
+        """The default ZooModule, or the one at ``path`` if the entry lists it."""
+        path = path or self.module_path
+        if path not in self.module_paths:
+            raise UnknownEntryError(f"entry {self.name!r} publishes {list(self.module_paths)}, not {path!r}")
+        return import_object(path)  # type: ignore[return-value]
 
     @property
     def arxiv_url(self) -> str | None:
@@ -89,6 +101,7 @@ _ENTRIES: tuple[Entry, ...] = (
         kind="callback",
         target="callbacks.neural_collapse.NeuralCollapseMonitor",
         module="zoo.neural_collapse.DeepLinearUFM",
+        extra_modules=("zoo.neural_collapse.DeepLinearHeadClassifier",),
         card="neural-collapse",
         summary="NC1-NC3 monitor for any model; the imbalanced deep-linear UFM and its closed form.",
     ),
@@ -147,6 +160,6 @@ def entry_for_class(cls: type) -> Entry:
     for klass in cls.__mro__:
         path = f"{klass.__module__}.{klass.__qualname__}"
         for entry in _ENTRIES:
-            if entry.module_path == path:
+            if path in entry.module_paths:
                 return entry
     raise UnknownEntryError(f"{cls.__qualname__} is not the module of any registered entry")

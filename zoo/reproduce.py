@@ -212,22 +212,21 @@ def evaluate_condition(cond: Condition, values: dict[str, dict[str, list[float]]
 
     with np.errstate(invalid="ignore", divide="ignore"):
         lhs, rhs = np.asarray(_evaluate(left, lookup), float), np.asarray(_evaluate(right, lookup), float)
-        if not cond.each_seed:
-            lhs, rhs = np.asarray(lhs.mean()), np.asarray(rhs.mean())
+        if cond.each_seed:
+            lhs, rhs = (np.atleast_1d(a) for a in np.broadcast_arrays(lhs, rhs))
+        else:
+            lhs, rhs = np.atleast_1d(lhs.mean()), np.atleast_1d(rhs.mean())
         margins = (lhs - rhs) if symbol in (">", ">=") else (rhs - lhs)
-        compare = dict(_COMPARE.values())[symbol]
-        held_each = np.vectorize(compare)(lhs, rhs)
-    finite = bool(np.all(np.isfinite(margins)))
-    worst = int(np.argmin(margins)) if margins.ndim and margins.size else 0
-    margin_vec = np.atleast_1d(margins)
+        held_each = np.vectorize(dict(_COMPARE.values())[symbol])(lhs, rhs)
+    worst = int(np.nanargmin(margins)) if np.isfinite(margins).any() else 0
     return ConditionResult(
         check=cond.check,
         paper=cond.paper,
         each_seed=cond.each_seed,
-        lhs=float(np.atleast_1d(lhs)[worst] if cond.each_seed else lhs),
-        rhs=float(np.atleast_1d(rhs)[worst] if cond.each_seed else rhs),
-        margin=float(margin_vec.min()),
-        held=finite and bool(np.all(held_each)),
+        lhs=float(lhs[worst]),
+        rhs=float(rhs[worst]),
+        margin=float(margins[worst]) if np.isfinite(margins).all() else float("nan"),
+        held=bool(np.isfinite(margins).all() and np.all(held_each)),
     )
 
 

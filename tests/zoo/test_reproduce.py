@@ -41,6 +41,12 @@ def test_less_than_margin_sign_and_functions() -> None:
     assert evaluate_condition(Condition("abs(method.f1 - base.f1) < 0.3", each_seed=True), VALUES).held
 
 
+def test_each_seed_against_a_constant() -> None:
+    r = evaluate_condition(Condition("method.f1 > 0.45", each_seed=True), VALUES)
+    assert not r.held and r.lhs == pytest.approx(0.40) and r.rhs == 0.45 and r.margin == pytest.approx(-0.05)
+    assert evaluate_condition(Condition("0.3 < method.f1", each_seed=True), VALUES).held
+
+
 def test_nan_never_holds() -> None:
     values = {"a": {"m": [float("nan")]}, "b": {"m": [0.0]}}
     assert not evaluate_condition(Condition("a.m > b.m - 10"), values).held

@@ -7,11 +7,15 @@ from datamodules.cifar import (
     CIFAR100LTDataModule,
     CIFARDataModule,
 )
+from datamodules.continual import SplitTasks
 from datamodules.digits import DigitsDataModule
 from datamodules.longtail import longtail_counts, longtail_indices
+from datamodules.multicolor import MultiColorDigitsDataModule
 from datamodules.tabular import SyntheticBinaryDataModule
 
 __all__ = [
+    "SplitTasks",
+    "MultiColorDigitsDataModule",
     "CIFAR10DataModule",
     "CIFAR10LTDataModule",
     "CIFAR100DataModule",

@@ -1,0 +1,632 @@
+"""Spurious Feature Diversification Improves Out-of-distribution Generalization (BANG).
+
+Yong Lin, Lu Tan, Yifan Hao, Honam Wong, Hanze Dong, Weizhong Zhang, Yujiu Yang, Tong Zhang;
+ICLR 2024; arXiv 2309.17230. Official code (MultiColorMNIST only, reference, not copied):
+``linyongver/SpuriousFeatureDiversification``. WiSE-FT: Wortsman et al., arXiv 2109.01903,
+``mlfoundations/wise-ft``.
+
+Weight-space ensembles such as WiSE-FT, ``theta_alpha = (1 - alpha) theta_0 + alpha theta_1``,
+generalise better out of distribution than either endpoint. The paper explains why: each model
+leans on a different set of spurious features, and averaging dilutes every spurious feature's
+weight relative to the shared invariant one. It shows the "FalseFalseTrue" phenomenon (examples
+both endpoints get wrong but their average gets right), and that an over-confident endpoint
+(large logit scale) dominates the average and cancels the gain. BANG (BAlaNced averaGing)
+counters that over-confidence: fine-tune with Mixup and label smoothing, then apply WiSE-FT.
+
+This module has the maths as pure functions, tested by hand:
+
+* :func:`wise_ft` / :func:`weight_average`: WiSE-FT interpolation of state dicts (Eq. 1 of
+  WiSE-FT; Sec. 2 of the paper), floating buffers interpolated too.
+* :func:`false_false_true_ratio` and the :class:`FalseFalseTrueRatio` metric (Sec. 2, Fig. 1).
+* :func:`mixup_label_smoothing_loss`: BANG's confidence-reducing fine-tuning loss (Sec. 5).
+* :func:`logit_temperature`, :func:`balance_factors`, :func:`scale_head`: logit-temperature
+  balancing, each model's logits divided by its in-distribution logit std (the brief's CPU
+  check; the paper's appendix "oracle" rescaling of the fine-tuned model's head).
+
+:class:`BANGClassifier` trains ``K`` members (default 2) in one ``fit``, each on its own set of
+spurious features of :class:`datamodules.multicolor.MultiColorDigitsDataModule` (or, with a timm
+``backbone``, on images), and its test step logs every single member, their weight average, the
+FalseFalseTrue ratio, the average with the last member made over-confident (logits x
+``overconfidence``) and the temperature-balanced average: the paper's whole argument from one run.
+
+Deviations and guesses (also in ``cards/bang/README.md``):
+
+* The CPU check is the brief's "MultiColor digits": linear softmax members on digits pixels +
+  noise and 32 one-hot colour patches, full-batch Adam, cross-entropy (the official MLP/MSE
+  MultiColorMNIST run needs a download). Members see disjoint halves of the patches; the input
+  weights of the patches a member does not see are zero and stay zero, so for linear members the
+  weight average equals the logit average exactly (the paper's linear theory).
+* Temperature = std of a member's logits on the ID validation split, measured after every
+  (non-sanity) validation epoch; balancing rescales each member's head to the members' mean
+  temperature before averaging. The paper's BANG uses Mixup + label smoothing instead; the
+  brief measured that they do not balance linear members (OOD accuracy falls to 13-16 %), so
+  they are flags (``mixup_alpha``, ``label_smoothing``), off in the CPU claim and on in
+  ``full.yaml``. Mixup alpha 0.8 and label smoothing 0.1 there are timm's ImageNet defaults, not
+  values verified in the paper.
+* Full scale: the zero-shot CLIP head (text-derived) is not available from timm, so the "zero-shot"
+  endpoint of ``full.yaml`` is a linear probe on the frozen pre-trained backbone
+  (``probe_members``) and the other member is fine-tuned end to end from the same start.
+
+>>> import torch
+>>> a, b = {"w": torch.tensor([0.0, 2.0])}, {"w": torch.tensor([4.0, 2.0])}
+>>> wise_ft(a, b, 0.25)["w"]
+tensor([1., 2.])
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+from torch.func import functional_call
+from torchmetrics import Metric
+from torchmetrics.classification import MulticlassAccuracy
+
+from zoo.hub import ZooModule
+
+__all__ = [
+    "BANGClassifier",
+    "FalseFalseTrueRatio",
+    "LogitTemperature",
+    "balance_factors",
+    "false_false_true_ratio",
+    "logit_temperature",
+    "mixup_label_smoothing_loss",
+    "scale_head",
+    "smoothed_one_hot",
+    "weight_average",
+    "wise_ft",
+]
+
+StateLike = nn.Module | Mapping[str, Tensor]
+
+
+# ------------------------------------------------------------------------------- WiSE-FT
+def _state(model: StateLike) -> Mapping[str, Tensor]:
+    return model.state_dict() if isinstance(model, nn.Module) else model
+
+
+def _check_same_keys(states: Sequence[Mapping[str, Tensor]]) -> None:
+    keys = list(states[0])
+    for i, state in enumerate(states[1:], 1):
+        if set(state) != set(keys):
+            missing, extra = sorted(set(keys) - set(state)), sorted(set(state) - set(keys))
+            raise ValueError(f"state {i} has other keys than state 0 (missing {missing[:3]}, extra {extra[:3]}): average models of one architecture")
+        for key in keys:
+            if state[key].shape != states[0][key].shape:
+                raise ValueError(f"{key!r}: shape {tuple(state[key].shape)} in state {i} vs {tuple(states[0][key].shape)} in state 0")
+
+
+def wise_ft(theta_0: StateLike, theta_1: StateLike, alpha: float = 0.5) -> dict[str, Tensor]:
+    """WiSE-FT, ``theta_alpha = (1 - alpha) theta_0 + alpha theta_1`` (WiSE-FT Eq. 1; the paper's Sec. 2).
+
+    ``theta_0`` is the zero-shot (pre-trained) model, ``theta_1`` the fine-tuned one; modules or
+    state dicts of one architecture. Every floating tensor is interpolated, buffers included
+    (BatchNorm running statistics); integer buffers (``num_batches_tracked``) cannot be, and are
+    taken from the nearer endpoint (``theta_0`` for ``alpha < 0.5``). ``alpha = 0`` and ``1``
+    return the endpoints exactly (``torch.lerp``). Returns a new state dict.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1] (0 = theta_0, 1 = theta_1), got {alpha}")
+    s0, s1 = _state(theta_0), _state(theta_1)
+    _check_same_keys([s0, s1])
+    out: dict[str, Tensor] = {}
+    for key, t0 in s0.items():
+        t1 = s1[key].to(t0.device)
+        if t0.is_floating_point():
+            out[key] = torch.lerp(t0.detach(), t1.detach().to(t0.dtype), alpha)
+        else:
+            out[key] = (t0 if alpha < 0.5 else t1).detach().clone()
+    return out
+
+
+def weight_average(states: Sequence[StateLike], weights: Sequence[float] | None = None) -> dict[str, Tensor]:
+    """``sum_k w_k theta_k`` over floating tensors (uniform ``w`` by default; weights sum to 1).
+
+    Integer buffers come from the member with the largest weight. Two members with weights
+    ``(1 - alpha, alpha)`` give :func:`wise_ft` up to rounding.
+    """
+    if not states:
+        raise ValueError("weight_average needs at least one state")
+    sd = [_state(s) for s in states]
+    _check_same_keys(sd)
+    w = [1.0 / len(sd)] * len(sd) if weights is None else [float(v) for v in weights]
+    if len(w) != len(sd) or any(v < 0 for v in w) or not math.isclose(sum(w), 1.0, rel_tol=1e-6):
+        raise ValueError(f"weights must be {len(sd)} non-negative numbers summing to 1, got {weights}")
+    top = max(range(len(w)), key=w.__getitem__)
+    out: dict[str, Tensor] = {}
+    for key, t0 in sd[0].items():
+        if t0.is_floating_point():
+            out[key] = sum(wk * s[key].detach().to(t0) for wk, s in zip(w, sd))  # type: ignore[assignment]
+        else:
+            out[key] = sd[top][key].detach().clone()
+    return out
+
+
+# ------------------------------------------------------------------- temperature balancing
+def scale_head(state: Mapping[str, Tensor], head: str, factor: float | Tensor) -> dict[str, Tensor]:
+    """A copy of ``state`` whose last layer ``head`` (``head.weight``, ``head.bias``) is multiplied
+    by ``factor``: the model's logits are multiplied by ``factor`` exactly (``z = W h + b``)."""
+    keys = [k for k in (f"{head}.weight", f"{head}.bias") if k in state]
+    if f"{head}.weight" not in state:
+        raise KeyError(f"no {head}.weight in the state dict; heads are {sorted({k.rsplit('.', 1)[0] for k in state})[-3:]}")
+    out = dict(state)
+    for key in keys:
+        out[key] = state[key] * factor
+    return out
+
+
+def logit_temperature(logits: Tensor) -> Tensor:
+    """A model's confidence scale: the (population) std of all its logits on ID data, ``(N, C) -> ()``."""
+    return logits.detach().float().std(correction=0)
+
+
+def balance_factors(temperatures: Tensor) -> Tensor:
+    """Per-model logit multipliers ``mean(T) / T_k`` that give every model the same temperature.
+
+    Dividing each model's logits by its own ID temperature (the brief's balancing) and then
+    multiplying all by the common ``mean(T)`` changes no argmax of the average and leaves
+    equally confident models untouched (factors 1).
+    """
+    t = torch.as_tensor(temperatures, dtype=torch.float32)
+    if (t <= 0).any() or not torch.isfinite(t).all():
+        raise ValueError(f"temperatures must be positive and finite, got {t.tolist()}")
+    return t.mean() / t
+
+
+class LogitTemperature(Metric):
+    """Streaming :func:`logit_temperature`: the std of all logits seen, DDP-safe (sum states)."""
+
+    is_differentiable = False
+    higher_is_better = None
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("sum_sq", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, logits: Tensor) -> None:
+        z = logits.detach().double()
+        self.total += z.numel()
+        self.sum += z.sum()
+        self.sum_sq += (z * z).sum()
+
+    def compute(self) -> Tensor:
+        mean = self.sum / self.total
+        return (self.sum_sq / self.total - mean * mean).clamp_min(0).sqrt().float()
+
+
+# ---------------------------------------------------------------------- FalseFalseTrue
+def _labels(preds: Tensor) -> Tensor:
+    """Class labels: argmax of floating logits, integer labels as they are."""
+    return preds.argmax(-1) if preds.is_floating_point() else preds
+
+
+def _fft_update(member_preds: Tensor | Sequence[Tensor], average_preds: Tensor, target: Tensor) -> tuple[Tensor, int]:
+    if isinstance(member_preds, Tensor):
+        members = _labels(member_preds)
+    else:
+        members = torch.stack([_labels(p) for p in member_preds])
+    avg = _labels(average_preds)
+    if members.ndim != 2 or members.shape[1] != target.shape[0] or avg.shape != target.shape:
+        raise ValueError(
+            f"expected member predictions (K, N) or (K, N, C), average (N,) or (N, C) and target (N,); "
+            f"got {tuple(members.shape)}, {tuple(avg.shape)}, {tuple(target.shape)}"
+        )
+    all_wrong = (members != target.unsqueeze(0)).all(0)
+    return (all_wrong & (avg == target)).sum(), target.numel()
+
+
+def false_false_true_ratio(member_preds: Tensor | Sequence[Tensor], average_preds: Tensor, target: Tensor) -> Tensor:
+    """FFT = #(every member wrong and the average right) / N (the paper's Sec. 2).
+
+    ``member_preds``: ``(K, N)`` labels or ``(K, N, C)`` logits (or a list of them);
+    ``average_preds``: the averaged model's ``(N,)`` labels or ``(N, C)`` logits; ``target`` ``(N,)``.
+
+    >>> members = torch.tensor([[1, 0, 2, 1], [2, 0, 1, 2]])  # example 3: member 0 is right
+    >>> false_false_true_ratio(members, torch.tensor([0, 0, 0, 1]), torch.tensor([0, 1, 0, 1]))
+    tensor(0.5000)
+    """
+    count, total = _fft_update(member_preds, average_preds, target)
+    return count.float() / max(total, 1)
+
+
+class FalseFalseTrueRatio(Metric):
+    """Fraction of examples every member gets wrong while their weight average gets right.
+
+    States are counts summed across processes (``dist_reduce_fx="sum"``), so batched, one-shot and
+    DDP results agree. Same inputs as :func:`false_false_true_ratio`.
+    """
+
+    is_differentiable = False
+    higher_is_better = None
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("count", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, member_preds: Tensor | Sequence[Tensor], average_preds: Tensor, target: Tensor) -> None:
+        count, total = _fft_update(member_preds, average_preds, target)
+        self.count += count
+        self.total += total
+
+    def compute(self) -> Tensor:
+        return self.count.float() / self.total.clamp_min(1)
+
+
+# -------------------------------------------------------------- BANG fine-tuning loss
+def smoothed_one_hot(target: Tensor, num_classes: int, smoothing: float = 0.0) -> Tensor:
+    """Label smoothing: ``(1 - eps) one_hot + eps / C`` (as ``F.cross_entropy(label_smoothing=eps)``)."""
+    return F.one_hot(target, num_classes).float() * (1.0 - smoothing) + smoothing / num_classes
+
+
+def mixup_label_smoothing_loss(
+    logits: Tensor, target: Tensor, num_classes: int, lam: float = 1.0, perm: Tensor | None = None, smoothing: float = 0.0
+) -> Tensor:
+    """BANG's fine-tuning loss (the paper's Sec. 5: Mixup + label smoothing), for a mixed batch.
+
+    The inputs were mixed as ``lam x + (1 - lam) x[perm]``; the soft target is
+    ``lam ls(y) + (1 - lam) ls(y[perm])`` with ``ls`` the smoothed one-hot, and the loss is the
+    soft-target cross-entropy ``-sum_c t_c log softmax(z)_c`` averaged over the batch.
+    ``lam = 1`` (no mixup) equals ``F.cross_entropy(logits, target, label_smoothing=smoothing)``.
+    """
+    soft = smoothed_one_hot(target, num_classes, smoothing)
+    if perm is not None and lam < 1.0:
+        soft = lam * soft + (1.0 - lam) * soft[perm]
+    return -(soft * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
+# ------------------------------------------------------------------------- the module
+class BANGClassifier(ZooModule):
+    """``K`` members trained in one fit on diverse spurious features, averaged in weight space.
+
+    Args:
+        num_classes: output classes.
+        backbone: a timm model name for image members; None = linear / MLP members on the flat
+            MultiColor vectors (``num_invariant + num_patches * num_colours`` features).
+        pretrained: load the timm backbone's pre-trained weights (downloads; off by default).
+        resize_to: resize images to this side before the backbone (CLIP ViTs expect 224).
+        hidden_dims: hidden widths of MLP members; ``[]`` (default) = linear softmax members.
+        num_invariant / num_patches / num_colours: the MultiColor layout (must match the data).
+        member_patches: the spurious patches each member sees, one list per member; None = two
+            members on the two halves of the patches (the brief's A: 0-15, B: 16-31). One list
+            = a single model (the no-averaging baseline). Must be None with a ``backbone``
+            (two members on the same images: the WiSE-FT endpoints).
+        shared_init: start every member from member 0's initial weights (one basin; WiSE-FT's
+            fine-tuned model starts from the zero-shot one). Off: independent inits.
+        probe_members: members whose backbone is frozen and only the head trains (the
+            zero-shot / linear-probe endpoint at full scale).
+        wise_alpha: WiSE-FT mixing weight of the last member (two members); more members are
+            averaged uniformly.
+        balance: ``forward`` returns the temperature-balanced average (each member's head
+            rescaled to the members' mean ID logit std); False = the plain WiSE-FT average.
+        overconfidence: the test's over-confidence control multiplies the last member's logits
+            (its head) by this before averaging.
+        mixup_alpha: Mixup's Beta(alpha, alpha) in training (0 = off); every member but the
+            probe members (BANG regularises the fine-tuned model only).
+        label_smoothing: label-smoothing epsilon in training (0 = off); same members.
+        optimizer: ``adam`` or ``adamw``; lr, weight_decay; ``warmup_steps`` then cosine decay
+            when ``cosine`` (the WiSE-FT recipe), else a constant rate.
+
+    Logged: ``val/acc_member{k}``, ``val/acc_avg``; and per test loader (``test/id/``,
+    ``test/ood/`` with :class:`~datamodules.multicolor.MultiColorDigitsDataModule`):
+    ``acc_member{k}``, ``acc_single`` (their mean), ``acc_avg`` (weight average),
+    ``acc_ensemble`` (logit average), ``gain`` (avg - single), ``fft``, ``acc_overconf`` and
+    ``fft_overconf`` (last member x ``overconfidence``), ``acc_balanced`` (that over-confident
+    pair, temperature-balanced); ``test/temperature_{k}``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        backbone: str | None = None,
+        pretrained: bool = False,
+        resize_to: int | None = None,
+        hidden_dims: list[int] | None = None,
+        num_invariant: int = 64,
+        num_patches: int = 32,
+        num_colours: int = 10,
+        member_patches: list[list[int]] | None = None,
+        shared_init: bool = False,
+        probe_members: list[int] | None = None,
+        wise_alpha: float = 0.5,
+        balance: bool = True,
+        overconfidence: float = 5.0,
+        mixup_alpha: float = 0.0,
+        label_smoothing: float = 0.0,
+        optimizer: str = "adam",
+        lr: float = 0.05,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        cosine: bool = False,
+    ) -> None:
+        super().__init__()
+        if backbone is not None and member_patches is not None:
+            raise ValueError("member_patches selects spurious patches of flat MultiColor vectors; leave it None with a timm backbone")
+        patches = member_patches if member_patches is not None else self._halves(num_patches, 1 if backbone else 2)
+        num_members = 2 if backbone is not None else len(patches)
+        if num_members < 1:
+            raise ValueError("member_patches needs at least one member")
+        for group in patches:
+            if not set(group) <= set(range(num_patches)):
+                raise ValueError(f"member_patches must hold patch indices 0..{num_patches - 1}, got {group}")
+        if not set(probe_members or []) <= set(range(num_members)):
+            raise ValueError(f"probe_members must be member indices 0..{num_members - 1}, got {probe_members}")
+        if not 0.0 <= wise_alpha <= 1.0:
+            raise ValueError(f"wise_alpha must be in [0, 1], got {wise_alpha}")
+        if overconfidence <= 0 or mixup_alpha < 0 or not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(
+                f"need overconfidence > 0, mixup_alpha >= 0 and label_smoothing in [0, 1); got {overconfidence}, {mixup_alpha}, {label_smoothing}"
+            )
+        if optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}")
+        self.save_hyperparameters()
+        self.num_members = num_members
+        self.num_classes = num_classes
+        if shared_init:  # one basin: every member starts from member 0's weights
+            first = self._build_member()
+            members = [first] + [copy.deepcopy(first) for _ in range(num_members - 1)]
+        else:
+            members = [self._build_member() for _ in range(num_members)]
+        self.members = nn.ModuleList(members)
+        self.head_name = self._find_head(self.members[0])
+        # which input features each member sees: invariant part + its patches (flat vectors only)
+        if backbone is None:
+            masks = torch.stack([self._feature_mask(group) for group in patches])
+            self.register_buffer("masks", masks, persistent=False)
+            with torch.no_grad():  # unseen inputs get zero weights and, with zero inputs, zero gradients
+                for member, mask in zip(self.members, masks):
+                    layer = next(m for m in member.modules() if isinstance(m, nn.Linear))
+                    layer.weight.mul_(mask)
+        else:
+            self.masks = None
+        for k in probe_members or []:
+            for name, param in self.members[k].named_parameters():
+                param.requires_grad_(name.startswith(self.head_name + "."))
+        self.register_buffer("temperature", torch.ones(num_members))
+        self._temperature_step: int | None = None
+        self.val_acc = nn.ModuleList([MulticlassAccuracy(num_classes, average="micro") for _ in range(num_members + 1)])
+        self.val_temp = nn.ModuleList([LogitTemperature() for _ in range(num_members)])
+        self.test_metrics = nn.ModuleDict()
+
+    # ----------------------------------------------------------------------------- building
+    @staticmethod
+    def _halves(num_patches: int, parts: int) -> list[list[int]]:
+        size = math.ceil(num_patches / parts)
+        return [list(range(i * size, min((i + 1) * size, num_patches))) for i in range(parts)]
+
+    @property
+    def input_dim(self) -> int:
+        return self.hparams["num_invariant"] + self.hparams["num_patches"] * self.hparams["num_colours"]
+
+    def _feature_mask(self, patches: list[int]) -> Tensor:
+        hp = self.hparams
+        mask = torch.zeros(hp["num_patches"], hp["num_colours"])
+        mask[sorted(set(patches))] = 1.0
+        return torch.cat([torch.ones(hp["num_invariant"]), mask.flatten()])
+
+    def _build_member(self) -> nn.Module:
+        hp = self.hparams
+        if hp["backbone"] is not None:
+            import timm
+
+            return timm.create_model(hp["backbone"], pretrained=hp["pretrained"], num_classes=self.num_classes)
+        dims = [self.input_dim, *(hp["hidden_dims"] or [])]
+        layers: list[nn.Module] = []
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(d_in, d_out), nn.ReLU()]
+        layers.append(nn.Linear(dims[-1], self.num_classes))
+        return nn.Sequential(*layers)
+
+    @staticmethod
+    def _find_head(member: nn.Module) -> str:
+        """Name of the last layer (the classifier) of a member: timm's ``get_classifier`` or the last Linear."""
+        head = member.get_classifier() if hasattr(member, "get_classifier") else None
+        if isinstance(head, nn.Linear):
+            return next(name for name, m in member.named_modules() if m is head)
+        return [name for name, m in member.named_modules() if isinstance(m, nn.Linear)][-1]
+
+    # ----------------------------------------------------------------------------- forward
+    def _prepare(self, x: Tensor) -> Tensor:
+        size = self.hparams["resize_to"]
+        if size is not None and x.ndim == 4 and x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return x
+
+    def member_logits(self, x: Tensor, k: int) -> Tensor:
+        """Logits of member ``k`` on the features it sees."""
+        x = self._prepare(x)
+        return self.members[k](x * self.masks[k] if self.masks is not None else x)
+
+    def averaging_weights(self) -> list[float]:
+        """WiSE-FT's ``(1 - alpha, alpha)`` for two members; uniform otherwise."""
+        if self.num_members == 2:
+            alpha = self.hparams["wise_alpha"]
+            return [1.0 - alpha, alpha]
+        return [1.0 / self.num_members] * self.num_members
+
+    def averaged_state(self, scales: Sequence[float] | Tensor | None = None) -> dict[str, Tensor]:
+        """The members' weight average, each member's head first multiplied by ``scales[k]``."""
+        states = [m.state_dict() for m in self.members]
+        if scales is not None:
+            states = [scale_head(s, self.head_name, float(c)) for s, c in zip(states, scales)]
+        if self.num_members == 2:  # WiSE-FT, Eq. 1
+            return wise_ft(states[0], states[1], self.hparams["wise_alpha"])
+        return weight_average(states, self.averaging_weights())
+
+    def _average_logits(self, x: Tensor, state: Mapping[str, Tensor]) -> Tensor:
+        x = self._prepare(x)
+        if self.masks is not None:
+            x = x * self.masks.amax(0)  # the union of what the members see
+        return functional_call(self.members[0], dict(state), (x,))
+
+    def balanced_scales(self, overconfident: bool = False) -> Tensor:
+        """Head multipliers of the temperature-balanced average (:func:`balance_factors`).
+
+        ``overconfident``: the last member's logits are first multiplied by ``overconfidence``,
+        which also multiplies its temperature, so balancing undoes it.
+        """
+        boost = self._boost() if overconfident else torch.ones(self.num_members)
+        temps = self.temperature.detach().cpu() * boost
+        return balance_factors(temps) * boost
+
+    def _boost(self) -> Tensor:
+        boost = torch.ones(self.num_members)
+        boost[-1] = self.hparams["overconfidence"]
+        return boost
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits of the deployed model: the (temperature-balanced, if ``balance``) weight average."""
+        scales = self.balanced_scales() if self.hparams["balance"] else None
+        return self._average_logits(x, self.averaged_state(scales))
+
+    # ----------------------------------------------------------------------------- training
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.hparams["backbone"] is None and dm is not None:
+            for name in ("num_patches", "num_colours", "num_invariant", "num_classes"):
+                want = getattr(dm, name, None)
+                if want is not None and want != self.hparams[name]:
+                    raise ValueError(f"the datamodule has {name}={want} but the model {self.hparams.get(name)}; set --model.init_args.{name}={want}")
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        hp = self.hparams
+        probes = set(hp["probe_members"] or [])
+        lam, perm, mixed = 1.0, None, x
+        if hp["mixup_alpha"] > 0:  # Mixup: lam ~ Beta(a, a), each example paired with a random other
+            lam = float(torch.distributions.Beta(hp["mixup_alpha"], hp["mixup_alpha"]).sample())
+            perm = torch.randperm(x.shape[0], device=x.device)
+            mixed = lam * x + (1.0 - lam) * x[perm]
+        losses = []
+        for k in range(self.num_members):
+            if k in probes:  # the zero-shot / probe endpoint is not BANG-regularised: plain cross-entropy
+                losses.append(F.cross_entropy(self.member_logits(x, k), y))
+            else:  # BANG's fine-tuning (Sec. 5): Mixup + label smoothing, soft-target cross-entropy
+                logits = self.member_logits(mixed, k)
+                losses.append(mixup_label_smoothing_loss(logits, y, self.num_classes, lam, perm, hp["label_smoothing"]))
+        loss = torch.stack(losses).sum()
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        for k in self.hparams["probe_members"] or []:  # frozen backbone: keep its BatchNorm/dropout in eval
+            self.members[k].eval()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        member_logits = [self.member_logits(x, k) for k in range(self.num_members)]
+        for k, logits in enumerate(member_logits):
+            self.val_acc[k].update(logits, y)
+            self.val_temp[k].update(logits)
+        avg = self._average_logits(x, self.averaged_state())
+        self.val_acc[-1].update(avg, y)
+        self.log("val/loss", F.cross_entropy(avg, y))
+
+    def on_validation_epoch_end(self) -> None:
+        accs = [m.compute() for m in self.val_acc]
+        for k in range(self.num_members):
+            self.log(f"val/acc_member{k}", accs[k])
+        self.log("val/acc_avg", accs[-1], prog_bar=True)
+        temps = torch.stack([m.compute() for m in self.val_temp]).to(self.temperature)
+        if not self.trainer.sanity_checking and torch.isfinite(temps).all() and (temps > 0).all():
+            self.temperature.copy_(temps)  # the ID logit std per member, for balancing
+            self._temperature_step = self.global_step
+        for m in [*self.val_acc, *self.val_temp]:
+            m.reset()
+
+    def on_train_end(self) -> None:
+        if self._temperature_step != self.global_step:
+            rank_zero_warn(
+                f"BANG: the balancing temperatures were last measured at step {self._temperature_step}, not at the "
+                f"end of training (step {self.global_step}); set check_val_every_n_epoch to divide max_epochs"
+            )
+
+    # ----------------------------------------------------------------------------- testing
+    def _test_prefix(self, dataloader_idx: int) -> str:
+        names = getattr(getattr(self.trainer, "datamodule", None), "test_names", None)
+        if names is not None and dataloader_idx < len(names):
+            return f"test/{names[dataloader_idx]}"
+        loaders = self.trainer.test_dataloaders
+        return "test" if not isinstance(loaders, (list, tuple)) or len(loaders) == 1 else f"test/{dataloader_idx}"
+
+    def on_test_epoch_start(self) -> None:
+        # the averaged models are fixed during testing: build them once
+        # (one member: the "average" is the model itself, so gain and FFT are 0 by definition)
+        self._test_states = {
+            "avg": self.averaged_state(),
+            "overconf": self.averaged_state(self._boost()),
+            "balanced": self.averaged_state(self.balanced_scales(overconfident=True)),
+        }
+        self.test_metrics = nn.ModuleDict().to(self.device)
+
+    def _metrics_for(self, prefix: str) -> nn.ModuleDict:
+        key = prefix.replace("/", "_")
+        if key not in self.test_metrics:
+            accs = {f"acc_member{k}": MulticlassAccuracy(self.num_classes, average="micro") for k in range(self.num_members)}
+            accs.update({f"acc_{name}": MulticlassAccuracy(self.num_classes, average="micro") for name in ("ensemble", *self._test_states)})
+            accs.update({"fft": FalseFalseTrueRatio(), "fft_overconf": FalseFalseTrueRatio()})
+            self.test_metrics[key] = nn.ModuleDict(accs).to(self.device)
+        return self.test_metrics[key]  # type: ignore[return-value]
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y = batch
+        metrics = self._metrics_for(self._test_prefix(dataloader_idx))
+        member_logits = torch.stack([self.member_logits(x, k) for k in range(self.num_members)])
+        for k in range(self.num_members):
+            metrics[f"acc_member{k}"].update(member_logits[k], y)
+        weights = torch.tensor(self.averaging_weights(), device=x.device).view(-1, 1, 1)
+        metrics["acc_ensemble"].update((weights * member_logits).sum(0), y)  # output-space ensemble
+        averaged = {name: self._average_logits(x, state) for name, state in self._test_states.items()}
+        for name, logits in averaged.items():
+            metrics[f"acc_{name}"].update(logits, y)
+        metrics["fft"].update(member_logits, averaged["avg"], y)
+        metrics["fft_overconf"].update(member_logits, averaged["overconf"], y)
+
+    def on_test_epoch_end(self) -> None:
+        for key, metrics in self.test_metrics.items():
+            prefix = key.replace("_", "/", 1)
+            values = {name: metric.compute() for name, metric in metrics.items()}
+            values["acc_single"] = torch.stack([values[f"acc_member{k}"] for k in range(self.num_members)]).mean()
+            values["gain"] = values["acc_avg"] - values["acc_single"]
+            self.log_dict({f"{prefix}/{name}": value for name, value in values.items()}, add_dataloader_idx=False)
+        for k in range(self.num_members):
+            self.log(f"test/temperature_{k}", self.temperature[k], add_dataloader_idx=False)
+        self.test_metrics = nn.ModuleDict()
+        del self._test_states
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).softmax(-1)
+
+    # ----------------------------------------------------------------------------- optimizers
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt_cls = torch.optim.AdamW if hp["optimizer"] == "adamw" else torch.optim.Adam
+        optimizer = opt_cls(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
+        if not hp["cosine"] and hp["warmup_steps"] == 0:
+            return optimizer
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = hp["warmup_steps"]
+
+        def factor(step: int) -> float:  # linear warm-up, then cosine to 0 (WiSE-FT's schedule)
+            if step < warmup:
+                return (step + 1) / warmup
+            if not hp["cosine"]:
+                return 1.0
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

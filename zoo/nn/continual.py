@@ -110,7 +110,7 @@ class ContinualClassifier(ZooModule):
             raise ValueError(f"method {method!r} replays examples: set buffer_size > 0")
         self.save_hyperparameters()
         self.net = build_backbone(backbone, num_classes, input_dim, [256] if hidden_dims is None else hidden_dims, in_channels, norm)
-        self.buffer = ReservoirBuffer(buffer_size, seed=0)
+        self.buffer = ReservoirBuffer(buffer_size, seed=torch.initial_seed() % 2**31)  # follows seed_everything
         self.register_buffer("largest_seen", torch.zeros((), dtype=torch.long))
 
     hub_ignore = ("buffer.",)

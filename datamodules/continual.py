@@ -254,7 +254,10 @@ class SplitTasks(LightningDataModule):
         return getattr(self.split, stage)[task]
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed * 1000 + self.current_task)
+        trainer = self._trainer_or_none()
+        epoch = trainer.current_epoch if trainer is not None else 0
+        # a fresh order each epoch, the same one when a resumed run reloads that epoch
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         return DataLoader(self.split.train[self.current_task], self.batch_size, shuffle=True, generator=generator)
 
     def val_dataloader(self) -> list[DataLoader]:

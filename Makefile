@@ -27,6 +27,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.hub_load
 	$(PY) -m benchmarks.callback_overhead
+	$(PY) -m benchmarks.dynamic_ema
+	$(PY) -m benchmarks.adab2n
+	$(PY) -m benchmarks.pgd
 
 ## Every entry's claim check, or one: make reproduce ENTRY=anyloss
 reproduce: $(STAMP)
@@ -34,9 +37,9 @@ reproduce: $(STAMP)
 	  for e in $$($(PY) -c "import zoo; print(' '.join(e.name for e in zoo.list_entries()))"); do \
 	    $(VENV)/bin/zoo reproduce $$e || exit $$?; done; fi
 
-## The README's zoo table, generated from the registry.
+## Regenerate the README's zoo table from the registry.
 readme-table: $(STAMP)
-	$(VENV)/bin/zoo list --markdown
+	$(VENV)/bin/zoo list --write-readme README.md
 
 clean:
 	rm -rf runs lightning_logs .pytest_cache

@@ -104,17 +104,40 @@ def _check_ckpt_path(config: Any) -> None:
 
 
 # ----------------------------------------------------------------------------- subcommands
-def cmd_list(markdown: bool) -> int:
+README_TABLE_START, README_TABLE_END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
+
+
+def markdown_table() -> str:
+    """The zoo table of the README, generated from the registry."""
     from zoo.registry import list_entries
 
-    entries = list_entries()
-    if markdown:
-        print("| entry | kind | paper | arXiv | class |")
-        print("|---|---|---|---|---|")
-        for e in entries:
-            arxiv = f"[{e.arxiv}]({e.arxiv_url})" if e.arxiv else "—"
-            print(f"| `{e.name}` | {e.kind} | {e.paper} | {arxiv} | `{e.target}` |")
+    rows = ["| entry | kind | paper | arXiv | class |", "|---|---|---|---|---|"]
+    for e in list_entries():
+        arxiv = f"[{e.arxiv}]({e.arxiv_url})" if e.arxiv else "—"
+        rows.append(f"| `{e.name}` | {e.kind} | {e.paper} | {arxiv} | `{e.target}` |")
+    return "\n".join(rows)
+
+
+def write_readme_table(readme: Path) -> None:
+    """Replace the table between the README's zoo-table markers with the generated one."""
+    text = readme.read_text()
+    if README_TABLE_START not in text or README_TABLE_END not in text:
+        raise _BadInput(f"{readme} has no {README_TABLE_START} ... {README_TABLE_END} markers")
+    head, rest = text.split(README_TABLE_START, 1)
+    _, tail = rest.split(README_TABLE_END, 1)
+    readme.write_text(f"{head}{README_TABLE_START}\n{markdown_table()}\n{README_TABLE_END}{tail}")
+
+
+def cmd_list(markdown: bool, write_readme: str | None = None) -> int:
+    from zoo.registry import list_entries
+
+    if write_readme:
+        write_readme_table(Path(write_readme))
         return EXIT_OK
+    if markdown:
+        print(markdown_table())
+        return EXIT_OK
+    entries = list_entries()
     from rich.console import Console
     from rich.table import Table
 
@@ -232,6 +255,7 @@ def _zoo_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=f"LightningCLI {name} (zoo {name} --help)")
     p_list = sub.add_parser("list", help="the registered entries")
     p_list.add_argument("--markdown", action="store_true", help="a markdown table (for the README)")
+    p_list.add_argument("--write-readme", default=None, metavar="README", help="rewrite the table between the README's zoo-table markers")
     p_pub = sub.add_parser("publish", help="checkpoint -> hub folder with rendered card -> optional push")
     p_pub.add_argument("--ckpt_path", required=True)
     p_pub.add_argument("--local_dir", required=True)
@@ -265,7 +289,7 @@ def _run(argv: list[str]) -> int:
     except argparse.ArgumentError as err:
         raise _BadInput(str(err)) from None
     if ns.command == "list":
-        return cmd_list(ns.markdown)
+        return cmd_list(ns.markdown, ns.write_readme)
     if ns.command == "publish":
         return cmd_publish(ns.ckpt_path, ns.local_dir, ns.repo_id, ns.push, ns.metrics)
     if ns.command == "reproduce":

@@ -90,4 +90,4 @@ def test_readme_table_is_generated_from_the_registry() -> None:
     table = subprocess.run(
         [sys.executable, "-c", "import cli; cli.main(['list', '--markdown'])"], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout.strip()
-    assert table in (ROOT / "README.md").read_text(), "README table is stale: paste the output of `zoo list --markdown`"
+    assert table in (ROOT / "README.md").read_text(), "README table is stale: run `make readme-table`"

@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.dynamic_ema
 	$(PY) -m benchmarks.adab2n
 	$(PY) -m benchmarks.pgd
+	$(PY) -m benchmarks.mtard_step
 
 ## Every entry's claim check, or one: make reproduce ENTRY=anyloss
 reproduce: $(STAMP)

@@ -18,6 +18,11 @@ A claim lives in ``cards/<entry>/claim.yaml``::
       - check: "anyloss.f1 >= bce.f1 - 0.1"
         each_seed: true                        # ... or seed by seed (paired)
 
+Arm ``args`` may hold two placeholders, replaced run by run: ``{seed}`` (the run's seed) and
+``{workdir}`` (the sweep's scratch folder, deleted at the end), so an earlier arm can write what a
+later arm of the same seed reads (MTARD's teacher arms save the teachers its student arms load).
+An arm must log every metric a condition reads from it; the others it may leave out (NaN).
+
 A check is one comparison (``< <= > >=``) of two expressions built from ``arm.alias``,
 numbers, ``+ - * /`` and ``mean min max median std abs``. It is parsed with :mod:`ast` and
 evaluated by a whitelist, never by ``eval``. Every run is real training; nothing is stored.
@@ -32,6 +37,7 @@ import math
 import operator
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -45,7 +51,7 @@ import yaml
 from zoo.errors import ZooError
 from zoo.registry import Entry, get_entry
 
-__all__ = ["Claim", "Arm", "Condition", "ConditionResult", "ClaimResult", "load_claim", "reproduce", "evaluate_condition"]
+__all__ = ["Claim", "Arm", "Condition", "ConditionResult", "ClaimResult", "load_claim", "reproduce", "evaluate_condition", "arm_args"]
 
 CLAIM_FILE = "claim.yaml"
 _COMPARE: dict[type, tuple[str, Callable[[float, float], bool]]] = {
@@ -110,6 +116,10 @@ class Claim:
     conditions: tuple[Condition, ...]
     seed_keys: tuple[str, ...] = ()
     test: bool = True
+
+    def required_metrics(self, arm: str) -> set[str]:
+        """The metric aliases the conditions read from ``arm``: it must log these, the rest may be absent."""
+        return {alias for cond in self.conditions for name, alias in cond.references() if name == arm}
 
     def with_seeds(self, n: int) -> Claim:
         if n < 1:
@@ -255,26 +265,35 @@ class ClaimResult:
 
 @contextmanager
 def _quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's per-run info lines (GPU available, seeds, summaries) during the sweep."""
+    """Silence Lightning's per-run info lines and advice (GPU available, seeds, summaries,
+    frozen modules in eval mode, few dataloader workers) during the sweep."""
     loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            for advice in (r".*module\(s\) in eval mode", r".*does not have many workers", r".*isinstance\(treespec, LeafSpec\)"):
+                warnings.filterwarnings("ignore", message=advice)
+            yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
 
 
-def train_arm(arm: Arm, seed: int, claim: Claim, root: Path) -> dict[str, float]:
-    """One real training run of ``arm`` with ``seed``; returns the claim's metrics by alias."""
-    from cli import build_lightning_cli  # the same LightningCLI users run
+def arm_args(arm: Arm, seed: int, claim: Claim, root: Path) -> list[str]:
+    """The LightningCLI arguments of one run: the arm's config and args (placeholders filled), the seed."""
+    fill = {"{seed}": str(seed), "{workdir}": str(root)}
 
-    args = [
+    def filled(arg: str) -> str:
+        for placeholder, value in fill.items():
+            arg = arg.replace(placeholder, value)
+        return arg
+
+    return [
         "--config",
         str(arm.config),
-        *arm.args,
+        *map(filled, arm.args),
         f"--seed_everything={seed}",
         *(f"--{key}={seed}" for key in claim.seed_keys),
         "--trainer.enable_progress_bar=false",
@@ -282,16 +301,22 @@ def train_arm(arm: Arm, seed: int, claim: Claim, root: Path) -> dict[str, float]
         "--trainer.logger=false",
         f"--trainer.default_root_dir={root / arm.name / str(seed)}",
     ]
-    lcli = build_lightning_cli(args, run=False)
+
+
+def train_arm(arm: Arm, seed: int, claim: Claim, root: Path) -> dict[str, float]:
+    """One real training run of ``arm`` with ``seed``; returns the claim's metrics by alias (NaN if not logged)."""
+    from cli import build_lightning_cli  # the same LightningCLI users run
+
+    lcli = build_lightning_cli(arm_args(arm, seed, claim, root), run=False)
     lcli.trainer.fit(lcli.model, datamodule=lcli.datamodule)
     logged = {k: float(v) for k, v in lcli.trainer.callback_metrics.items()}
     if claim.test:
         lcli.trainer.test(lcli.model, datamodule=lcli.datamodule, verbose=False)
         logged.update({k: float(v) for k, v in lcli.trainer.callback_metrics.items()})
-    missing = {alias: key for alias, key in claim.metrics.items() if key not in logged}
+    missing = {alias: key for alias, key in claim.metrics.items() if key not in logged and alias in claim.required_metrics(arm.name)}
     if missing:
         raise ClaimError(f"arm {arm.name!r} did not log {sorted(missing.values())}; it logged {sorted(logged)}")
-    return {alias: logged[key] for alias, key in claim.metrics.items()}
+    return {alias: logged.get(key, float("nan")) for alias, key in claim.metrics.items()}
 
 
 def reproduce(

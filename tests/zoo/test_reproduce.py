@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import yaml
 
 import cli
 import zoo.registry
-from zoo.reproduce import ClaimError, Condition, evaluate_condition, load_claim
+from zoo.reproduce import Arm, Claim, ClaimError, Condition, arm_args, evaluate_condition, load_claim
 
 VALUES = {
     "method": {"f1": [0.50, 0.60, 0.40], "acc": [0.9, 0.9, 0.9]},
@@ -72,7 +73,7 @@ TINY_CONFIG = {
 }
 
 
-def write_card(root: Path, conditions: list, arms: dict | None = None) -> None:
+def write_card(root: Path, conditions: list, arms: dict | None = None, metrics: dict | None = None) -> None:
     card = root / "anyloss"
     card.mkdir(parents=True, exist_ok=True)
     (card / "config.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
@@ -81,7 +82,7 @@ def write_card(root: Path, conditions: list, arms: dict | None = None) -> None:
         "paper": "the paper",
         "seeds": 2,
         "seed_keys": ["data.init_args.seed"],
-        "metrics": {"f1": "test/f1", "acc": "test/acc"},
+        "metrics": metrics or {"f1": "test/f1", "acc": "test/acc"},
         "arms": arms or {"method": {"config": "config.yaml"}, "base": {"config": "config.yaml", "args": ["--model.init_args.loss=bce"]}},
         "conditions": conditions,
     }
@@ -127,3 +128,30 @@ def test_reproduce_exit_codes_and_json(cards: Path, tmp_path: Path, capsys: pyte
     assert cli.main(["reproduce", "anyloss"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no claim" in err[0]
+
+
+def test_arm_args_fill_seed_and_workdir_placeholders(tmp_path: Path) -> None:
+    """An earlier arm can write where a later arm of the same seed reads (MTARD's teachers)."""
+    arm = Arm(
+        "teacher",
+        tmp_path / "config.yaml",
+        "teacher",
+        ("--trainer.callbacks.dirpath={workdir}/teachers/seed{seed}/clean", '--model.init_args.extra={"a": {"b": 1}}'),
+    )
+    claim = Claim("x", "c", "p", (0, 1), {}, {"teacher": arm}, (), seed_keys=("data.init_args.seed",))
+    args = arm_args(arm, 3, claim, tmp_path / "sweep")
+    assert f"--trainer.callbacks.dirpath={tmp_path}/sweep/teachers/seed3/clean" in args
+    assert '--model.init_args.extra={"a": {"b": 1}}' in args  # other braces are left alone
+    assert {"--seed_everything=3", "--data.init_args.seed=3", f"--trainer.default_root_dir={tmp_path}/sweep/teacher/3"} <= set(args)
+
+
+def test_metrics_no_condition_reads_from_an_arm_may_be_missing(cards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    metrics = {"acc": "test/acc", "extra": "test/not_logged"}
+    write_card(cards, ["method.acc >= 0"], metrics=metrics)
+    out = tmp_path / "held.json"
+    assert cli.main(["reproduce", "anyloss", "--seeds", "1", "--out", str(out)]) == 0
+    values = json.loads(out.read_text())["values"]
+    assert math.isnan(values["method"]["extra"][0]) and math.isnan(values["base"]["extra"][0]) and values["base"]["acc"][0] >= 0
+    write_card(cards, ["method.acc >= 0", "base.extra >= 0"], metrics=metrics)
+    assert cli.main(["reproduce", "anyloss", "--seeds", "1", "--out", str(tmp_path / "bad.json")]) == 2
+    assert "arm 'base' did not log ['test/not_logged']" in capsys.readouterr().err

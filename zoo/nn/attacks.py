@@ -41,10 +41,12 @@ def cw_margin_loss(logits: Tensor, y: Tensor, kappa: float = 0.0) -> Tensor:
     return torch.clamp(other - true, max=kappa).mean()
 
 
-ATTACK_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "ce": lambda logits, y: F.cross_entropy(logits, y),
-    "cw": cw_margin_loss,
-}
+def cross_entropy_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Cross-entropy to maximise (a named function, so attacks pickle for ``ddp_spawn``)."""
+    return F.cross_entropy(logits, y)
+
+
+ATTACK_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"ce": cross_entropy_loss, "cw": cw_margin_loss}
 
 
 def _flat_norm(t: Tensor) -> Tensor:

@@ -10,10 +10,12 @@ from datamodules.cifar import (
 from datamodules.continual import SplitTasks
 from datamodules.digits import DigitsDataModule
 from datamodules.longtail import longtail_counts, longtail_indices
+from datamodules.moons import MoonsDataModule
 from datamodules.multicolor import MultiColorDigitsDataModule
 from datamodules.tabular import SyntheticBinaryDataModule
 
 __all__ = [
+    "MoonsDataModule",
     "SplitTasks",
     "MultiColorDigitsDataModule",
     "CIFAR10DataModule",

@@ -108,7 +108,7 @@ _ENTRIES: tuple[Entry, ...] = (
     Entry(
         name="coin",
         paper="Large Continual Instruction Assistant (CoIN: dynamic-balance EMA)",
-        arxiv=None,
+        arxiv="2410.10868",
         kind="callback",
         target="callbacks.dynamic_ema.DynamicEMA",
         module="zoo.coin.CoINClassifier",
@@ -133,6 +133,34 @@ _ENTRIES: tuple[Entry, ...] = (
         target="zoo.bang.BANGClassifier",
         card="bang",
         summary="Weight averaging of models with diverse spurious features (WiSE-FT), balanced by BANG's fine-tuning.",
+    ),
+    Entry(
+        name="srat",
+        paper="Imbalanced Adversarial Training with Reweighting (SRAT)",
+        arxiv="2107.13639",
+        kind="algorithm",
+        target="zoo.srat.SRATModule",
+        card="srat",
+        summary="PGD adversarial training with deferred class reweighting and a feature-separation loss.",
+    ),
+    Entry(
+        name="mtard",
+        paper="Mitigating the Accuracy-Robustness Trade-off via Multi-Teacher Adversarial Distillation",
+        arxiv="2306.16170",
+        kind="algorithm",
+        target="zoo.mtard.MTARD",
+        extra_modules=("zoo.mtard.TeacherClassifier",),
+        card="mtard",
+        summary="A student distilled from a clean and a robust teacher, balanced by entropy and loss normalisation.",
+    ),
+    Entry(
+        name="convex-relu",
+        paper="Efficient Global Optimization of Two-layer ReLU Networks: Quadratic-time Algorithms and Adversarial Training",
+        arxiv="2201.01965",
+        kind="algorithm",
+        target="zoo.convex_relu.ConvexReLU",
+        card="convex-relu",
+        summary="Two-layer ReLU training as a convex program solved by ADMM, with its robust variant.",
     ),
 )
 

@@ -13,53 +13,28 @@ are compared.
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
 import time
-import warnings
 
 import torch
-import torch.nn.functional as F
-from lightning.pytorch import LightningModule, Trainer, seed_everything
+from lightning.pytorch import seed_everything
 from torch import nn
 
+from benchmarks._common import PlainClassifier, bare_trainer, quiet_lightning
 from callbacks.neural_collapse import NeuralCollapseMonitor
 from datamodules.digits import DigitsDataModule
 
 
-class DigitsMLP(LightningModule):
+def digits_mlp(hidden: int) -> PlainClassifier:
     """A plain MLP classifier on the 64 digit pixels (knows nothing of the monitor)."""
-
-    def __init__(self, hidden: int = 256, lr: float = 0.05) -> None:
-        super().__init__()
-        self.lr = lr
-        self.net = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+    return PlainClassifier(nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10)))
 
 
 def fit_seconds(monitor: bool, epochs: int, hidden: int) -> tuple[float, int]:
     seed_everything(0, verbose=False)
     callbacks = [NeuralCollapseMonitor(every_n_epochs=1)] if monitor else []
-    trainer = Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        callbacks=callbacks,
-    )
-    model, data = DigitsMLP(hidden), DigitsDataModule(batch_size=64, seed=0)
+    trainer = bare_trainer(max_epochs=epochs, callbacks=callbacks)
+    model, data = digits_mlp(hidden), DigitsDataModule(batch_size=64, seed=0)
     start = time.perf_counter()
     trainer.fit(model, data)
     seconds = time.perf_counter() - start
@@ -74,9 +49,7 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*but have no `validation_step`.*")
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    quiet_lightning()
 
     fit_seconds(True, 1, args.hidden)  # warm-up: imports, first-call costs
     fit_seconds(False, 1, args.hidden)

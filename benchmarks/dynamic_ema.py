@@ -15,38 +15,18 @@ and the update alone is timed too (median over steps, inside the runs).
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
 import time
-import warnings
 from typing import Any
 
 import timm
 import torch
-import torch.nn.functional as F
-from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch.utils.data import DataLoader, TensorDataset
 
+from benchmarks._common import PlainClassifier, bare_trainer, quiet_lightning
 from callbacks.dynamic_ema import DynamicEMA
-
-
-class ResNetClassifier(LightningModule):
-    """timm ResNet-18 on 32x32 inputs with SGD (knows nothing of the callbacks)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = timm.create_model("resnet18", pretrained=False, num_classes=10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
 
 class _UpdateTimer(Callback):
@@ -77,17 +57,8 @@ def fit_seconds(kind: str, steps: int) -> tuple[float, float, float]:
         callbacks = [DynamicEMA()]
     if callbacks:
         timer = _UpdateTimer(callbacks[0])
-    trainer = Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        callbacks=callbacks,
-    )
-    model = ResNetClassifier()
+    trainer = bare_trainer(max_epochs=1, callbacks=callbacks)
+    model = PlainClassifier(timm.create_model("resnet18", pretrained=False, num_classes=10))  # knows nothing of the callbacks
     start, cpu_start = time.perf_counter(), time.process_time()
     trainer.fit(model, DataLoader(data, batch_size=32))
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
@@ -102,9 +73,7 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    quiet_lightning()
 
     kinds = ("none", "lightning_ema", "dynamic_ema")
     for kind in kinds:  # warm-up: imports, allocator, timm model construction

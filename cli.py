@@ -304,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from zoo.errors import ZooError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Lightning 2.6 on torch >= 2.9 warns about its own pytree use on every fit: not the user's to fix
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     try:
         return _run(argv)
     except (ZooError, _BadInput, JsonArgumentError, argparse.ArgumentError, FileNotFoundError) as err:

@@ -1,0 +1,308 @@
+"""SinkGD: Gradient Multi-Normalization for Stateless and Scalable LLM Training
+(Scetbon, Ma, Gong, Meeds 2025). arXiv 2502.06742. No official code; the third-party port
+``sinkgd-pytorch`` was read as a reference only.
+
+SinkGD is a **stateless** optimizer. The gradient ``G`` (m x n) of every matrix parameter is
+multi-normalized by alternating projections (Algorithm 1) onto two norms, rows then columns
+(SR-Sinkhorn, Algorithm 3), ``L`` times::
+
+    X <- G
+    repeat L times:
+        X <- sqrt(n) * Q(X)^-1 X      # every row gets l2 norm sqrt(n)
+        X <- sqrt(m) * X R(X)^-1      # every column gets l2 norm sqrt(m)
+    W <- W - lr * X
+
+At the fixed point all rows have norm sqrt(n), all columns sqrt(m) (RMS of the update = 1).
+There is no momentum and no second moment: ``optimizer.state`` stays empty.
+
+Implementation: ``X = diag(r) G diag(c)`` at every stage, so the iteration only updates the two
+scaling vectors with matrix-vector products against ``S = G**2`` (Sinkhorn scaling on |G|^2,
+as the paper notes); this is the same computation as the naive loop, one pass over the matrix
+per half-step instead of four. Norms are computed in float32 whatever the gradient's dtype.
+
+Guesses and deviations (also in the card):
+
+- Parameters that are not matrices (biases, norms' weights) get the stateless *RMS-normalized*
+  gradient ``g / rms(g)`` (``fallback="rms"``, the brief's CPU check) or plain SGD
+  (``fallback="sgd"``). The paper runs Adam on embeddings, LM head and norms; that is stateful,
+  so here it is a separate optimizer (see :func:`build_sinkgd_param_groups`), not hidden inside
+  SinkGD. A param group may set ``"sinkhorn": False`` to send its matrices to the fallback too.
+- Parameters with more than two dimensions (conv kernels ``out x in x kh x kw``) are normalized as
+  the matrix ``out x (in*kh*kw)`` when ``flatten_conv=True`` (default); the paper only has 2-D
+  weights (transformers). Set ``flatten_conv=False`` to send them to the fallback.
+- ``weight_decay`` is decoupled (``W <- W (1 - lr wd)``), stateless, and 0 by default.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from zoo.hub import ZooModule
+
+__all__ = [
+    "SinkGD",
+    "SinkGDClassifier",
+    "sr_sinkhorn",
+    "sr_sinkhorn_scalings",
+    "rms_normalize",
+    "build_sinkgd_param_groups",
+    "optimizer_state_bytes",
+    "OPTIMIZERS",
+]
+
+OPTIMIZERS = ("sinkgd", "adam", "adamw")
+FALLBACKS = ("rms", "sgd")
+
+
+# ------------------------------------------------------------------------- the normalization
+def sr_sinkhorn_scalings(g: Tensor, iters: int = 5, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
+    """Row and column scalings ``(r, c)`` (float32 or wider) such that ``diag(r) g diag(c)`` is the
+    SR-Sinkhorn multi-normalization of the matrix ``g`` after ``iters`` row-then-column steps."""
+    if g.ndim != 2:
+        raise ValueError(f"sr_sinkhorn takes a matrix, got shape {tuple(g.shape)}")
+    if iters < 0:
+        raise ValueError(f"iters must be >= 0, got {iters}")
+    m, n = g.shape
+    dtype = torch.promote_types(g.dtype, torch.float32)  # at least fp32 under bf16/fp16
+    s = g.detach().to(dtype).square()  # Sinkhorn on |G|^2
+    r = torch.ones(m, dtype=dtype, device=g.device)
+    c = torch.ones(n, dtype=dtype, device=g.device)
+    sqrt_n, sqrt_m = math.sqrt(n), math.sqrt(m)
+    for _ in range(iters):
+        # row norms of diag(r) G diag(c) are r_i * q_i with q_i = sqrt(sum_j G_ij^2 c_j^2), so the
+        # new row scaling is sqrt(n) / q_i whatever r was. The eps floor is taken on q_i (not on
+        # r_i q_i) so that a zero row (a dead unit) cannot compound its scaling into inf * 0 = nan.
+        r = sqrt_n / torch.mv(s, c.square()).sqrt().clamp_min(eps)
+        c = sqrt_m / torch.mv(s.t(), r.square()).sqrt().clamp_min(eps)
+    return r, c
+
+
+def sr_sinkhorn(g: Tensor, iters: int = 5, eps: float = 1e-8) -> Tensor:
+    """The SR-Sinkhorn multi-normalization (Algorithm 3) of a matrix, in ``g``'s dtype:
+    ``iters`` times, rows to l2 norm sqrt(n), then columns to l2 norm sqrt(m)."""
+    r, c = sr_sinkhorn_scalings(g, iters, eps)
+    return (g.to(r.dtype) * r[:, None] * c[None, :]).to(g.dtype)
+
+
+def rms_normalize(g: Tensor, eps: float = 1e-8) -> Tensor:
+    """The stateless fallback for non-matrix parameters: ``g / rms(g)`` (RMS of the update = 1)."""
+    g32 = g.to(torch.promote_types(g.dtype, torch.float32))
+    return (g32 / g32.square().mean().sqrt().clamp_min(eps)).to(g.dtype)
+
+
+# -------------------------------------------------------------------------------- optimizer
+class SinkGD(torch.optim.Optimizer):
+    """Stateless SinkGD: SR-Sinkhorn-normalized gradients for matrices, a stateless fallback
+    for the rest.
+
+    Args:
+        params: parameters or param groups (a group may set ``sinkhorn=False``, ``lr``, ...).
+        lr: step size; the update of a matrix has RMS 1, so this is the per-entry step.
+        sinkhorn_iters: ``L``, the number of row-then-column rounds (paper: 5).
+        eps: floor on the norms (dead units give zero rows).
+        weight_decay: decoupled weight decay (0 = the paper's stateless SinkGD).
+        fallback: ``"rms"`` (``g / rms(g)``) or ``"sgd"`` (``g``) for non-matrix parameters.
+        flatten_conv: normalize >2-D weights as ``out x rest`` matrices (else fallback).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        sinkhorn_iters: int = 5,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        fallback: str = "rms",
+        flatten_conv: bool = True,
+    ) -> None:
+        if lr < 0:
+            raise ValueError(f"lr must be >= 0, got {lr}")
+        if sinkhorn_iters < 1:
+            raise ValueError(f"sinkhorn_iters must be >= 1, got {sinkhorn_iters}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+        defaults = dict(
+            lr=lr,
+            sinkhorn_iters=sinkhorn_iters,
+            eps=eps,
+            weight_decay=weight_decay,
+            fallback=fallback,
+            flatten_conv=flatten_conv,
+            sinkhorn=True,
+        )
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def direction(p: Tensor, grad: Tensor, group: dict[str, Any]) -> Tensor:
+        """The normalized update direction of one parameter (before ``-lr``)."""
+        matrix = grad.ndim == 2 or (grad.ndim > 2 and group["flatten_conv"])
+        if group["sinkhorn"] and matrix:
+            g2 = grad.reshape(grad.shape[0], -1)
+            return sr_sinkhorn(g2, group["sinkhorn_iters"], group["eps"]).view_as(grad)
+        if group["fallback"] == "rms":
+            return rms_normalize(grad, group["eps"])
+        return grad
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("SinkGD does not support sparse gradients")
+                if wd:
+                    p.mul_(1 - lr * wd)
+                p.add_(self.direction(p, p.grad, group), alpha=-lr)
+        return loss
+
+
+def build_sinkgd_param_groups(
+    model: nn.Module,
+    global_lr: float = 0.02,
+    sinkgd_scale: float = 0.05,
+    sinkhorn_iters: int = 5,
+    adam_cls: type[torch.optim.Optimizer] = torch.optim.AdamW,
+    exclude: tuple[str, ...] = ("embed", "lm_head", "head", "fc", "classifier"),
+) -> tuple[SinkGD, torch.optim.Optimizer | None]:
+    """The paper's hybrid: SinkGD (lr ``global_lr * sinkgd_scale``) on hidden 2-D weights,
+    ``adam_cls`` (lr ``global_lr``) on everything else (embeddings, heads, norms, biases, and
+    parameters whose name contains one of ``exclude``). Returns ``(sinkgd, adam or None)``;
+    Lightning takes both from ``configure_optimizers`` only with manual optimization, so for
+    automatic optimization use :class:`SinkGD` alone with its stateless fallback."""
+    matrices, others = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (matrices if p.ndim == 2 and not any(e in name for e in exclude) else others).append(p)
+    if not matrices:
+        raise ValueError("build_sinkgd_param_groups: the model has no hidden 2-D weights for SinkGD")
+    sink = SinkGD(matrices, lr=global_lr * sinkgd_scale, sinkhorn_iters=sinkhorn_iters)
+    adam = adam_cls(others, lr=global_lr) if others else None
+    return sink, adam
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes held in tensors of ``optimizer.state`` (0 for SinkGD; 2x the parameters for Adam)."""
+    total = 0
+    for state in optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, Tensor):
+                total += value.numel() * value.element_size()
+    return total
+
+
+# -------------------------------------------------------------------------------- the module
+class SinkGDClassifier(ZooModule):
+    """A classifier trained with SinkGD or the paper's baselines Adam / AdamW.
+
+    Args:
+        input_dim: features of a flat input (MLP mode).
+        hidden_dims: MLP hidden widths (default ``[256, 256]``, the brief's 64-256-256-10).
+        num_classes: output classes.
+        backbone: a timm model name (e.g. ``"resnet18"``); replaces the MLP when set.
+        in_chans: image channels for the timm backbone.
+        optimizer: ``sinkgd | adam | adamw``.
+        lr: learning rate of the chosen optimizer.
+        sinkhorn_iters: ``L`` for SinkGD.
+        weight_decay: passed to the optimizer (SinkGD: decoupled; 0 keeps it the paper's).
+        fallback: SinkGD's rule for non-matrix parameters (``rms`` or ``sgd``).
+
+    Logs ``optimizer_state_bytes`` (bytes of tensors in the optimizer's state) every epoch.
+    """
+
+    def __init__(
+        self,
+        input_dim: int = 64,
+        hidden_dims: list[int] | None = None,
+        num_classes: int = 10,
+        backbone: str | None = None,
+        in_chans: int = 3,
+        optimizer: str = "sinkgd",
+        lr: float = 1e-3,
+        sinkhorn_iters: int = 5,
+        weight_decay: float = 0.0,
+        fallback: str = "rms",
+    ) -> None:
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
+        if fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+        self.save_hyperparameters()
+        if backbone is not None:
+            import timm
+
+            self.net = timm.create_model(backbone, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+        else:
+            dims = [input_dim, *(hidden_dims if hidden_dims is not None else [256, 256])]
+            layers: list[nn.Module] = []
+            for d_in, d_out in zip(dims[:-1], dims[1:]):
+                layers += [nn.Linear(d_in, d_out), nn.ReLU()]
+            layers.append(nn.Linear(dims[-1], num_classes))
+            self.net = nn.Sequential(*layers)
+        self.accuracy = nn.ModuleDict({s: MulticlassAccuracy(num_classes, average="micro") for s in ("val", "test")})
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        optimizers = self.trainer.optimizers if self._trainer is not None else []
+        self.log("optimizer_state_bytes", float(sum(optimizer_state_bytes(o) for o in optimizers)))
+
+    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, y))
+        self.accuracy[stage].update(logits, y)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/acc", self.accuracy["val"].compute(), prog_bar=True)
+        self.accuracy["val"].reset()
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self.log("test/acc", self.accuracy["test"].compute())
+        self.accuracy["test"].reset()
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).softmax(-1)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        hp = self.hparams
+        if hp["optimizer"] == "sinkgd":
+            return SinkGD(
+                self.parameters(),
+                lr=hp["lr"],
+                sinkhorn_iters=hp["sinkhorn_iters"],
+                weight_decay=hp["weight_decay"],
+                fallback=hp["fallback"],
+            )
+        cls = torch.optim.Adam if hp["optimizer"] == "adam" else torch.optim.AdamW
+        return cls(self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])

@@ -31,6 +31,10 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.adab2n
 	$(PY) -m benchmarks.pgd
 	$(PY) -m benchmarks.mtard_step
+	$(PY) -m benchmarks.convex_relu
+	$(PY) -m benchmarks.sinkgd
+	$(PY) -m benchmarks.alf_lb
+	$(PY) -m benchmarks.bcd
 
 ## Every entry's claim check, or one: make reproduce ENTRY=anyloss (fails if any claim did not hold)
 reproduce: $(STAMP)

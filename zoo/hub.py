@@ -176,13 +176,7 @@ def load(
     """
     source = _Source(path_or_repo_id, revision, cache_dir, token, local_files_only, force_download)
     config = source.read_config()
-    entry = get_entry(str(config.get("architecture")))
-    saved_class = config.get("zoo_class")
-    if saved_class not in entry.module_paths:
-        raise ZooLoadError(f"{source}: config.json says class {saved_class!r}, but entry {entry.name!r} publishes {list(entry.module_paths)}")
-    cls = entry.load_module_class(saved_class)
-    if expected_class is not None and not issubclass(cls, expected_class):
-        raise WrongClassError(f"{source} holds a {cls.__qualname__} ({entry.name}), not a {expected_class.__qualname__}")
+    cls = _registered_class(config, expected_class, source)
     version = config.get("zoo_format_version")
     if version != FORMAT_VERSION:
         raise ZooLoadError(f"{source}: zoo_format_version {version!r} is not supported (this zoo reads {FORMAT_VERSION})")
@@ -192,6 +186,18 @@ def load(
     state = source.read_weights(allow_pickle=allow_pickle, map_location=map_location)
     _load_state_strict(model, state, source)
     return model.eval()
+
+
+def _registered_class(record: dict[str, Any], expected_class: type | None, source: object) -> type:
+    """The class a ``config.json`` or checkpoint record names, taken only from the registry's list."""
+    entry = get_entry(str(record.get("architecture")))
+    saved_class = record.get("zoo_class")
+    if saved_class not in entry.module_paths:
+        raise ZooLoadError(f"{source}: records class {saved_class!r}, but entry {entry.name!r} publishes {list(entry.module_paths)}")
+    cls = entry.load_module_class(saved_class)
+    if expected_class is not None and not issubclass(cls, expected_class):
+        raise WrongClassError(f"{source} holds a {cls.__qualname__} ({entry.name}), not a {expected_class.__qualname__}")
+    return cls
 
 
 def _load_state_strict(model: ZooModule, state: dict[str, torch.Tensor], source: object) -> None:
@@ -302,12 +308,7 @@ def module_from_checkpoint(ckpt_path: str | Path, expected_class: type | None = 
     record = ckpt.get("zoo") if isinstance(ckpt, dict) else None
     if not isinstance(record, dict) or "state_dict" not in ckpt:
         raise ZooLoadError(f"{path}: not a balance-zoo checkpoint (no 'zoo' record); train it with zoo fit")
-    entry = get_entry(str(record.get("architecture")))
-    if record.get("zoo_class") not in entry.module_paths:
-        raise ZooLoadError(f"{path}: records class {record.get('zoo_class')!r}, but entry {entry.name!r} publishes {list(entry.module_paths)}")
-    cls = entry.load_module_class(record["zoo_class"])
-    if expected_class is not None and not issubclass(cls, expected_class):
-        raise WrongClassError(f"{path} holds a {cls.__qualname__} ({entry.name}), not a {expected_class.__qualname__}")
+    cls = _registered_class(record, expected_class, path)
     init_args = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
     model = cls(**init_args)
     _load_state_strict(model, ckpt["state_dict"], path)

@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch import seed_everything
 
 from benchmarks._common import bare_trainer, quiet_lightning
-from callbacks.alf_lb import AuxFreeLoadBalancing
+from zoo.callbacks.alf_lb import AuxFreeLoadBalancing
 from zoo.moe import TinyMoE, ZipfTokenDataModule
 
 

@@ -21,8 +21,8 @@ from lightning.pytorch import seed_everything
 from torch import nn
 
 from benchmarks._common import PlainClassifier, bare_trainer, quiet_lightning
-from callbacks.neural_collapse import NeuralCollapseMonitor
-from datamodules.digits import DigitsDataModule
+from zoo.callbacks.neural_collapse import NeuralCollapseMonitor
+from zoo.datamodules.digits import DigitsDataModule
 
 
 def digits_mlp(hidden: int) -> PlainClassifier:

@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks._common import PlainClassifier, bare_trainer, quiet_lightning
-from callbacks.dynamic_ema import DynamicEMA
+from zoo.callbacks.dynamic_ema import DynamicEMA
 
 
 class _UpdateTimer(Callback):

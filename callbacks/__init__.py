@@ -1,1 +1,21 @@
-"""Drop-in Lightning Callbacks, one file per paper; each works on any LightningModule."""
+"""Drop-in Lightning Callbacks (``zoo.callbacks``), one file per paper; each works on any LightningModule.
+
+>>> from zoo.callbacks import DynamicEMA, NeuralCollapseMonitor, RobustnessEvaluation
+"""
+
+from zoo.callbacks.adab2n import AdaB2NCallback
+from zoo.callbacks.alf_lb import AuxFreeLoadBalancing
+from zoo.callbacks.continual import ContinualEvaluation
+from zoo.callbacks.dynamic_ema import DynamicEMA, TaskEndEMA
+from zoo.callbacks.neural_collapse import NeuralCollapseMonitor
+from zoo.callbacks.robustness import RobustnessEvaluation
+
+__all__ = [
+    "AdaB2NCallback",
+    "AuxFreeLoadBalancing",
+    "ContinualEvaluation",
+    "DynamicEMA",
+    "NeuralCollapseMonitor",
+    "RobustnessEvaluation",
+    "TaskEndEMA",
+]

@@ -13,7 +13,7 @@ official ``er_ace_ada.py`` writes into its ``observe``; this callback does them 
    loss, from task ``max(1, ada_t0)`` on (the official code adds it only in its ``task > 0``
    branch, and only when ``task >= ada_t0``);
 3. **the task counter** (``end_task``) at every task end: from the continual DataModule's
-   schedule (:func:`datamodules.continual.task_schedule`), or every ``epochs_per_task`` epochs,
+   schedule (:func:`zoo.datamodules.continual.task_schedule`), or every ``epochs_per_task`` epochs,
    or by calling :meth:`AdaB2NCallback.end_task` yourself.
 
 How the regularizer reaches the loss: Lightning gives callbacks no hook that can change the loss
@@ -44,7 +44,7 @@ from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from datamodules.continual import task_schedule
+from zoo.datamodules.continual import task_schedule
 from zoo.adab2n import AdaB2N, adab2n_layers
 
 __all__ = ["AdaB2NCallback"]
@@ -61,7 +61,7 @@ class AdaB2NCallback(Callback):
             brief's CPU check).
         ada_t0: first task whose loss gets the regularizer (official ``--ada_t0``, grid {0, 1}).
         classes_per_task: task of label ``y`` is ``y // classes_per_task``; ``None`` reads it from
-            the continual DataModule (:class:`datamodules.continual.SplitTasks`).
+            the continual DataModule (:class:`zoo.datamodules.continual.SplitTasks`).
         epochs_per_task: without a continual DataModule, end a task every this many epochs
             (``None``: only the schedule or explicit :meth:`end_task` calls end tasks).
         add_to_loss: wrap ``training_step`` to add the regularizer (needs automatic optimization).
@@ -110,7 +110,7 @@ class AdaB2NCallback(Callback):
         if cpt is None:
             raise RuntimeError(
                 "AdaB2NCallback: pass classes_per_task (task of label y = y // classes_per_task); "
-                "it is read from the DataModule only for continual ones such as datamodules.continual.SplitTasks"
+                "it is read from the DataModule only for continual ones such as zoo.datamodules.continual.SplitTasks"
             )
         self._cpt = int(cpt)
         if stage != "fit":

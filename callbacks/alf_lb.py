@@ -155,7 +155,7 @@ class AuxFreeLoadBalancing(Callback):
                 f"AuxFreeLoadBalancing: {type(pl_module).__qualname__} has no router to balance. It needs a submodule with "
                 "an `expert_bias` tensor of shape (num_experts,) (a persistent buffer, added to the affinities for top-k "
                 "selection only) and a `pop_expert_load()` method returning the tokens routed to each expert by training "
-                "forwards since its last call; see callbacks.alf_lb.BiasedRouter (zoo.moe.BiasedTopKRouter implements it)."
+                "forwards since its last call; see zoo.callbacks.alf_lb.BiasedRouter (zoo.moe.BiasedTopKRouter implements it)."
             )
         for name, router in self._routers:
             if router.expert_bias.ndim != 1 or not router.expert_bias.is_floating_point():  # type: ignore[union-attr]

@@ -24,7 +24,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
-from datamodules.continual import TaskSchedule, task_schedule
+from zoo.datamodules.continual import TaskSchedule, task_schedule
 
 __all__ = ["ContinualEvaluation", "average_accuracy", "average_forgetting"]
 
@@ -43,7 +43,7 @@ def average_forgetting(matrix: torch.Tensor, task: int) -> float:
 
 
 class ContinualEvaluation(Callback):
-    """Fills the accuracy matrix of a run on a continual DataModule (:class:`datamodules.continual.SplitTasks`).
+    """Fills the accuracy matrix of a run on a continual DataModule (:class:`zoo.datamodules.continual.SplitTasks`).
 
     Args:
         eval_mode: measure with the model in eval mode (BatchNorm's running statistics), as
@@ -60,7 +60,7 @@ class ContinualEvaluation(Callback):
         schedule = task_schedule(trainer)
         if schedule is None:
             raise RuntimeError(
-                "ContinualEvaluation needs a continual DataModule (e.g. datamodules.continual.SplitTasks) "
+                "ContinualEvaluation needs a continual DataModule (e.g. zoo.datamodules.continual.SplitTasks) "
                 "that exposes num_tasks, task_of_epoch, is_task_end and task_classes"
             )
         return schedule

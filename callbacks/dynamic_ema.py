@@ -25,7 +25,7 @@ next task, as in the official pipeline, where each task is a new run.
 (its swap-for-validation and checkpoint logic are reused); :class:`TaskEndEMA` is Lightning's
 :class:`~lightning.pytorch.callbacks.EMAWeightAveraging` (fixed decay) with the same
 end-of-task replacement, the paper's fixed-EMA baseline. Task ends come from a continual
-DataModule (:func:`datamodules.continual.task_schedule`); without one the average replaces
+DataModule (:func:`zoo.datamodules.continual.task_schedule`); without one the average replaces
 the weights when training ends, as the official code does.
 
 Choices and guesses (named in the card too):
@@ -54,7 +54,7 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 from typing_extensions import override
 
-from datamodules.continual import task_schedule
+from zoo.datamodules.continual import task_schedule
 
 __all__ = ["DynamicEMA", "TaskEndEMA", "balance_weights", "dynamic_ema_update"]
 

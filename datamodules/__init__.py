@@ -1,20 +1,27 @@
-"""LightningDataModules: the papers' benchmark loaders and the embedded defaults."""
+"""LightningDataModules (``zoo.datamodules``): the papers' benchmark loaders and the embedded defaults.
 
-from datamodules.cifar import (
+>>> from zoo.datamodules import DigitsDataModule, SplitTasks
+"""
+
+from zoo.datamodules.cifar import (
     CIFAR10DataModule,
     CIFAR10LTDataModule,
     CIFAR100DataModule,
     CIFAR100LTDataModule,
     CIFARDataModule,
 )
-from datamodules.continual import SplitTasks
-from datamodules.digits import DigitsDataModule
-from datamodules.longtail import longtail_counts, longtail_indices
-from datamodules.moons import MoonsDataModule
-from datamodules.multicolor import MultiColorDigitsDataModule
-from datamodules.tabular import SyntheticBinaryDataModule
+from zoo.datamodules.associative import AssociativeMemoryDataModule
+from zoo.datamodules.continual import SplitTasks
+from zoo.datamodules.digits import DigitsDataModule
+from zoo.datamodules.longtail import longtail_counts, longtail_indices
+from zoo.datamodules.moons import MoonsDataModule
+from zoo.datamodules.multicolor import MultiColorDigitsDataModule
+from zoo.datamodules.tabular import SyntheticBinaryDataModule
+from zoo.datamodules.ufm import UFMDataModule
 
 __all__ = [
+    "AssociativeMemoryDataModule",
+    "UFMDataModule",
     "MoonsDataModule",
     "SplitTasks",
     "MultiColorDigitsDataModule",

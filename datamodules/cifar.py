@@ -3,7 +3,7 @@
 The long-tailed sets follow Cui et al. 2019 ("Class-Balanced Loss Based on Effective Number
 of Samples", arXiv:1901.05555) and LDAM (Cao et al. 2019, arXiv:1906.07413): class ``k`` of
 the training split keeps ``n_max * imbalance_ratio^(-k/(K-1))`` images, a seeded subsample
-(:func:`datamodules.longtail.longtail_indices`); validation and test stay balanced. With the
+(:func:`zoo.datamodules.longtail.longtail_indices`); validation and test stay balanced. With the
 defaults (no validation holdout) the train sets are the papers' ones in size: CIFAR-10-LT at
 ratio 100 has 12,406 images, CIFAR-100-LT 10,847.
 
@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from datamodules.longtail import longtail_indices
+from zoo.datamodules.longtail import longtail_indices
 
 __all__ = [
     "CIFAR_STATS",

@@ -20,7 +20,7 @@ which :meth:`SplitTasks.setup` checks. ``online=True`` is one pass per task.
 
 Callbacks see tasks through :func:`task_schedule` (current task, task ends), and
 ``val_dataloader`` / ``test_dataloader`` return one loader per task so the accuracy matrix
-can be filled (:class:`callbacks.continual.ContinualEvaluation`).
+can be filled (:class:`zoo.callbacks.continual.ContinualEvaluation`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from lightning.pytorch import LightningDataModule, Trainer
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from datamodules.digits import DigitsDataModule
+from zoo.datamodules.digits import DigitsDataModule
 
 __all__ = ["SplitTasks", "TaskSchedule", "task_schedule", "dataset_targets", "INTENSITY_SHIFT"]
 

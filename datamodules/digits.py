@@ -14,7 +14,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
-from datamodules.longtail import longtail_indices
+from zoo.datamodules.longtail import longtail_indices
 
 __all__ = ["DigitsDataModule", "split_digits"]
 

@@ -20,7 +20,7 @@ one, as in the paper's setting. The colours are one-hot vectors instead of paint
 ``visible_patches`` zeroes every other patch: it chooses which spurious features a model
 trained on this data can see.
 
-Splits (seeded, stratified, from :func:`datamodules.digits.split_digits`): train and val are in
+Splits (seeded, stratified, from :func:`zoo.datamodules.digits.split_digits`): train and val are in
 distribution; ``test_dataloader`` returns two loaders over the same test images and noise,
 ``test_names = ("id", "ood")``: colours drawn with ``id_correlation`` and with
 ``ood_correlation``.
@@ -33,7 +33,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from datamodules.digits import split_digits
+from zoo.datamodules.digits import split_digits
 
 __all__ = ["MultiColorDigitsDataModule", "colour_patches", "decode_colours"]
 

@@ -15,11 +15,11 @@ import pytest
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
-import cli
+from zoo import cli
 # Submodules, not the packages: when pytest puts tests/ on sys.path (bin/pytest, not python -m
 # pytest), tests/zoo and tests/datamodules shadow the packages' __init__ as namespace packages,
 # so `import datamodules` would not define SyntheticBinaryDataModule for --data by short name.
-import datamodules.tabular  # noqa: F401
+import zoo.datamodules.tabular  # noqa: F401
 from zoo.hub import load
 from zoo.neural_collapse import DeepLinearUFM
 from zoo.registry import list_entries

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import cli
+from zoo import cli
 import zoo
 from zoo.reproduce import load_claim
 
@@ -92,6 +92,6 @@ def test_entry_names_are_unique() -> None:
 
 def test_readme_table_is_generated_from_the_registry() -> None:
     table = subprocess.run(
-        [sys.executable, "-c", "import cli; cli.main(['list', '--markdown'])"], capture_output=True, text=True, check=True, cwd=ROOT
+        [sys.executable, "-c", "from zoo import cli; cli.main(['list', '--markdown'])"], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout.strip()
     assert table in (ROOT / "README.md").read_text(), "README table is stale: run `make readme-table`"

@@ -23,7 +23,7 @@ the most recent task. AdaB²N changes both sides of BatchNorm:
   ``1 - (1 - m)^kappa``, a slower EMA than ``m``.
 - **statistics regularizer**: each training forward caches
   ``MSE(mu, r_mu) + MSE(sigma^2, r_sigma^2)`` (after the running update), which the training
-  loop adds times ``lambd`` (:class:`callbacks.adab2n.AdaB2NCallback` does it for any module).
+  loop adds times ``lambd`` (:class:`zoo.callbacks.adab2n.AdaB2NCallback` does it for any module).
 
 Like the official layer, the running variance is the *biased* one (torch's BatchNorm stores the
 unbiased one), and evaluation is ``F.batch_norm`` with the running statistics.
@@ -218,7 +218,7 @@ class AdaB2N(nn.BatchNorm2d):
     Before every training forward call :meth:`set_counts` with the labels (or task ids) of the
     batch; call :meth:`end_task` after each task. Read :attr:`regularizer` after a training
     forward and add ``lambd *`` the sum over layers to the loss.
-    :class:`callbacks.adab2n.AdaB2NCallback` does all three in any Lightning training loop.
+    :class:`zoo.callbacks.adab2n.AdaB2NCallback` does all three in any Lightning training loop.
 
     Args:
         num_features: channels ``C`` of the ``(N, C, H, W)`` input.
@@ -286,7 +286,7 @@ class AdaB2N(nn.BatchNorm2d):
 
         ``labels_or_task_ids``: ``(N,)`` integers; the task of sample ``n`` is
         ``labels[n] // classes_per_task`` (pass ``classes_per_task=1`` for task ids). Classes must
-        be numbered task by task, as :class:`datamodules.continual.SplitTasks` does.
+        be numbered task by task, as :class:`zoo.datamodules.continual.SplitTasks` does.
         ``validate=False`` skips the range check (one host sync), for callers that checked once.
         """
         if labels_or_task_ids.dim() != 1:
@@ -337,7 +337,7 @@ class AdaB2N(nn.BatchNorm2d):
                 self._warned_no_counts = True
                 warnings.warn(
                     "AdaB2N: a training forward at task > 0 without set_counts uses plain batch statistics; "
-                    "call set_counts before every training forward (callbacks.adab2n.AdaB2NCallback does it)",
+                    "call set_counts before every training forward (zoo.callbacks.adab2n.AdaB2NCallback does it)",
                     stacklevel=2,
                 )
             weights = torch.full((input.shape[0],), 1.0 / input.shape[0], dtype=input.dtype, device=input.device)
@@ -395,7 +395,7 @@ class AdaB2NClassifier(ContinualClassifier):
 
     Defaults are the brief's CPU check: the small CNN, ER-ACE with one joint stream + replay
     forward (as the official ``er_ace_ada``), a reservoir buffer of 200, SGD lr 0.05,
-    ``kappa=0.7``. It trains with :class:`callbacks.adab2n.AdaB2NCallback`, which feeds the
+    ``kappa=0.7``. It trains with :class:`zoo.callbacks.adab2n.AdaB2NCallback`, which feeds the
     counts, adds ``lambd *`` the regularizer and advances the task counter; if the Trainer has
     none, one with the callback's defaults (``lambd=0.1``, ``ada_t0=0``) is added.
 
@@ -454,7 +454,7 @@ class AdaB2NClassifier(ContinualClassifier):
             raise ValueError(f"backbone {backbone!r} has no BatchNorm2d for AdaB2N to replace; use 'cnn' or a timm CNN")
 
     def configure_callbacks(self) -> list[Any]:
-        from callbacks.adab2n import AdaB2NCallback
+        from zoo.callbacks.adab2n import AdaB2NCallback
 
         trainer = self._trainer
         if self.hparams["norm"] != "adab2n":

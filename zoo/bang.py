@@ -24,7 +24,7 @@ This module has the maths as pure functions, tested by hand:
   check; the paper's appendix "oracle" rescaling of the fine-tuned model's head).
 
 :class:`BANGClassifier` trains ``K`` members (default 2) in one ``fit``, each on its own set of
-spurious features of :class:`datamodules.multicolor.MultiColorDigitsDataModule` (or, with a timm
+spurious features of :class:`zoo.datamodules.multicolor.MultiColorDigitsDataModule` (or, with a timm
 ``backbone``, on images), and its test step logs every single member, their weight average, the
 FalseFalseTrue ratio, the average with the last member made over-confident (logits x
 ``overconfidence``) and the temperature-balanced average: the paper's whole argument from one run.
@@ -319,7 +319,7 @@ class BANGClassifier(ZooModule):
             when ``cosine`` (the WiSE-FT recipe), else a constant rate.
 
     Logged: ``val/acc_member{k}``, ``val/acc_avg``; and per test loader (``test/id/``,
-    ``test/ood/`` with :class:`~datamodules.multicolor.MultiColorDigitsDataModule`):
+    ``test/ood/`` with :class:`~zoo.datamodules.multicolor.MultiColorDigitsDataModule`):
     ``acc_member{k}``, ``acc_single`` (their mean), ``acc_avg`` (weight average),
     ``acc_ensemble`` (logit average), ``gain`` (avg - single), ``fft``, ``acc_overconf`` and
     ``fft_overconf`` (last member x ``overconfidence``), ``acc_balanced`` (that over-confident

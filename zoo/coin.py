@@ -13,7 +13,7 @@ tensor from a second-order Taylor expansion of the loss around the average, with
 gradient as the first-order term and a finite difference of successive gradients standing in
 for the Hessian: ``beta_t = 2 (1 + ||g_t||_1) / (||theta_t - theta*_{t-1}||_1 ||g_t - g_{t-1}||_1)``,
 falling back to 0.01 where it leaves ``(0, 1)``. The averaging itself is the drop-in callback
-:class:`callbacks.dynamic_ema.DynamicEMA`; this module is the classifier it is trained with.
+:class:`zoo.callbacks.dynamic_ema.DynamicEMA`; this module is the classifier it is trained with.
 
 Deviations from the paper, all named in the card:
 
@@ -27,7 +27,7 @@ Deviations from the paper, all named in the card:
   ones, deciding whether to reuse an adapter or train a new one; ``instruct/LoRASelect.py``)
   is not implemented: there are no instructions and no adapters in a classifier, and every
   task here trains the same weights.
-- Tasks switch between epochs inside one ``fit`` (:class:`datamodules.continual.SplitTasks`)
+- Tasks switch between epochs inside one ``fit`` (:class:`zoo.datamodules.continual.SplitTasks`)
   rather than being separate runs; the callback restarts the average at every task end,
   which is what a separate run per task does in the official pipeline.
 """
@@ -44,7 +44,7 @@ class CoINClassifier(ContinualClassifier):
 
     An MLP 64-256-10 trained with plain SGD (lr 0.2, no momentum) by fine-tuning, the setting
     in which the brief measured the dynamic-balance EMA; add
-    :class:`callbacks.dynamic_ema.DynamicEMA` to the Trainer for the method. Every argument is
+    :class:`zoo.callbacks.dynamic_ema.DynamicEMA` to the Trainer for the method. Every argument is
     :class:`~zoo.nn.continual.ContinualClassifier`'s; only defaults differ (``lr``).
 
     >>> CoINClassifier().hparams["lr"]

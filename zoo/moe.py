@@ -4,7 +4,7 @@ Paper: arXiv 2512.03915 (ALF-LB theory); method Wang et al. 2024 (arXiv 2408.156
 follows DeepSeek-V3's ``Gate``: sigmoid affinities ``s = sigmoid(h W^T)`` to the expert centroids,
 experts chosen by ``TopK(s + b)``, gate weights the **unbiased** ``s`` of the chosen experts,
 renormalised over the ``k``. The bias ``b`` is a persistent buffer that only
-:class:`callbacks.alf_lb.AuxFreeLoadBalancing` changes; no gradient reaches it.
+:class:`zoo.callbacks.alf_lb.AuxFreeLoadBalancing` changes; no gradient reaches it.
 
 - :class:`BiasedTopKRouter` implements the callback's router protocol (``expert_bias``,
   ``pop_expert_load``).
@@ -74,7 +74,7 @@ class BiasedTopKRouter(nn.Module):
             self._load += torch.bincount(idx.flatten(), minlength=self.num_experts).to(self._load)
         return idx, gates, s
 
-    # -------------------------------------------------------------- router protocol (callbacks.alf_lb)
+    # -------------------------------------------------------------- router protocol (zoo.callbacks.alf_lb)
     def pop_expert_load(self) -> Tensor:
         load = self._load.clone()
         self._load.zero_()
@@ -231,7 +231,7 @@ class TinyMoE(ZooModule):
         return self.router.num_experts * (f * P).sum()
 
     def on_fit_start(self) -> None:
-        from callbacks.alf_lb import AuxFreeLoadBalancing
+        from zoo.callbacks.alf_lb import AuxFreeLoadBalancing
 
         has_cb = any(isinstance(c, AuxFreeLoadBalancing) for c in self.trainer.callbacks)
         if self.hparams.balance == "bias" and not has_cb:
@@ -282,10 +282,10 @@ def synthetic_router_run(
     """The brief's fixed synthetic router: scores ``sigmoid(N(0,1) + mu_i)``, ``mu_i ~ N(0,1)`` fixed per expert.
 
     Routes ``batches`` batches with ``TopK(s + b)``, updating ``b`` after each with
-    :func:`callbacks.alf_lb.bias_update` (``rule=None``: no balancing). Returns the mean MaxVio of
+    :func:`zoo.callbacks.alf_lb.bias_update` (``rule=None``: no balancing). Returns the mean MaxVio of
     the last ``last`` batches.
     """
-    from callbacks.alf_lb import bias_update, max_violation, step_size
+    from zoo.callbacks.alf_lb import bias_update, max_violation, step_size
 
     gen = torch.Generator().manual_seed(seed)
     mu = torch.randn(num_experts, generator=gen)

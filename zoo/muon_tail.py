@@ -8,7 +8,7 @@ The paper proposes no optimizer; it explains Muon. This entry is the paper's the
 object embeddings ``E~`` (``d_out x K``), both with orthonormal columns, a memory
 ``W`` (``d_out x d_in``, ``W_0 = 0``) and the prediction ``f_W(E_k) = softmax(E~^T W E_k)``,
 trained on the population loss ``-sum_k p_k log f_W(E_k)_k`` with heavy-tailed ``p``
-(:mod:`datamodules.associative`). The claim: at the moment the head classes' mean
+(:mod:`zoo.datamodules.associative`). The claim: at the moment the head classes' mean
 correct-class probability reaches 0.9, Muon has learned the tail too, Adam has not, and the
 difference needs *rotated* embeddings (with identity embeddings, i.e. disjoint supports,
 sign-like Adam updates are balanced as well).
@@ -227,7 +227,7 @@ class AssociativeMemory(ZooModule):
     """One-layer associative memory ``f_W(E_k) = softmax(E~^T W E_k)`` with fixed orthonormal embeddings.
 
     ``forward(x)`` takes fact indices and returns the logits over the ``K`` objects. Batches are
-    ``(x, y, weight, is_head)`` from :class:`datamodules.associative.AssociativeMemoryDataModule`;
+    ``(x, y, weight, is_head)`` from :class:`zoo.datamodules.associative.AssociativeMemoryDataModule`;
     the loss is ``-sum weight * log f_W(E_x)_y`` (the population loss when ``weight = p``).
 
     Args:

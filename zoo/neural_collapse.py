@@ -12,7 +12,7 @@ regularised MSE objective of its deep linear UFM (as in the official ``synthetic
 and proves (its imbalanced-data theorem, bias-free MSE case) that every global minimiser has
 collapsed features (NC1), orthogonal class means and orthogonal classifier rows whose lengths
 follow the class sizes ``n_k`` through ``x_k`` and ``s_k`` (see
-:func:`callbacks.neural_collapse.closed_form`), which is not the simplex ETF of the balanced
+:func:`zoo.callbacks.neural_collapse.closed_form`), which is not the simplex ETF of the balanced
 with-bias case. This module trains that model with full-batch SGD (lr 0.1, momentum 0.9) and,
 at test time, logs the NC metrics for both geometries and the gap between the measured relative
 squared norms of the class means / classifier rows and the closed form.
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from callbacks.neural_collapse import (
+from zoo.callbacks.neural_collapse import (
     NeuralCollapseMetrics,
     class_means,
     closed_form,
@@ -52,7 +52,7 @@ class DeepLinearUFM(ZooModule):
     """Free features ``H (N x d)`` and ``M`` bias-free linear layers, trained with regularised MSE.
 
     ``forward(index)`` returns the logits ``W_M ... W_1 h_index`` of those samples; batches are
-    ``(index, label)`` (:class:`datamodules.ufm.UFMDataModule`).
+    ``(index, label)`` (:class:`zoo.datamodules.ufm.UFMDataModule`).
 
     Args:
         class_counts: samples per class; sets ``N`` (the rows of ``H``) and ``K``, and must match
@@ -201,7 +201,7 @@ class DeepLinearUFM(ZooModule):
 class DeepLinearHeadClassifier(ZooModule):
     """A backbone, then ``depth_linear`` (bias-free) linear layers: the paper's real-network setting.
 
-    The features measured by :class:`callbacks.neural_collapse.NeuralCollapseMonitor` are the
+    The features measured by :class:`zoo.callbacks.neural_collapse.NeuralCollapseMonitor` are the
     backbone's output (the input of ``head.0``) and ``W`` is the product of the head layers
     (``classifier: <depth_linear>`` in the monitor). With ``loss="mse"`` it trains the paper's
     objective with separate decays, as the official ``--sep_decay`` recipe does:

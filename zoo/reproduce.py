@@ -305,7 +305,7 @@ def arm_args(arm: Arm, seed: int, claim: Claim, root: Path) -> list[str]:
 
 def train_arm(arm: Arm, seed: int, claim: Claim, root: Path) -> dict[str, float]:
     """One real training run of ``arm`` with ``seed``; returns the claim's metrics by alias (NaN if not logged)."""
-    from cli import build_lightning_cli  # the same LightningCLI users run
+    from zoo.lightning_cli import build_lightning_cli  # the same LightningCLI users run
 
     lcli = build_lightning_cli(arm_args(arm, seed, claim, root), run=False)
     lcli.trainer.fit(lcli.model, datamodule=lcli.datamodule)

@@ -28,7 +28,7 @@ The algorithm, step by step (the brief's numbering, ``papers/A1-srat.md``, "Core
    (:class:`DeferredReweighting`), and ``L_sep`` the supervised-contrastive loss on the
    L2-normalised adversarial penultimate features (:func:`separation_loss`);
 3. evaluation: clean and PGD-20 (and CW) accuracy per class, mean per class and tail, by
-   :class:`callbacks.robustness.RobustnessEvaluation` in the card's configs.
+   :class:`zoo.callbacks.robustness.RobustnessEvaluation` in the card's configs.
 
 Guesses, every one of them (the brief has no verified equation; only the abstract is):
 

@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from callbacks.adab2n import AdaB2NCallback
+from zoo.callbacks.adab2n import AdaB2NCallback
 from zoo.adab2n import AdaB2N, AdaB2NClassifier, adab2n_layers, convert_bn_to_adab2n
 
 torch.set_num_threads(1)
@@ -183,7 +183,7 @@ class SpyCounts(Callback):
 
 @pytest.mark.parametrize("joint_forward", [True, False])
 def test_continual_classifier_announces_every_forward(tmp_path: Path, joint_forward: bool) -> None:
-    from datamodules.continual import SplitTasks
+    from zoo.datamodules.continual import SplitTasks
 
     seed_everything(0)
     dm = SplitTasks(num_tasks=2, classes_per_task=2, online=True, batch_size=10, input_shift=[[1.0, 0.0], [0.5, 0.3]])

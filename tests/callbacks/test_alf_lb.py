@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.alf_lb import AuxFreeLoadBalancing, BiasedRouter, bias_update, find_routers, max_violation, step_size
+from zoo.callbacks.alf_lb import AuxFreeLoadBalancing, BiasedRouter, bias_update, find_routers, max_violation, step_size
 from zoo.moe import BiasedTopKRouter, TinyMoE, ZipfTokenDataModule, synthetic_router_run
 
 

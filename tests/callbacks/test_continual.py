@@ -10,8 +10,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
-from callbacks.continual import ContinualEvaluation, average_accuracy, average_forgetting
-from datamodules.continual import SplitTasks
+from zoo.callbacks.continual import ContinualEvaluation, average_accuracy, average_forgetting
+from zoo.datamodules.continual import SplitTasks
 
 
 def test_average_accuracy_and_forgetting_by_hand() -> None:
@@ -104,7 +104,7 @@ def test_resume_continues_the_matrix(tmp_path: Path) -> None:
 
 
 def test_needs_a_continual_datamodule() -> None:
-    from datamodules.digits import DigitsDataModule
+    from zoo.datamodules.digits import DigitsDataModule
 
     trainer = Trainer(max_epochs=1, callbacks=[ContinualEvaluation()], logger=False, enable_progress_bar=False)
     with pytest.raises(RuntimeError, match="continual DataModule"):

@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from callbacks.dynamic_ema import DynamicEMA, TaskEndEMA, _norms, balance_weights, dynamic_ema_update
+from zoo.callbacks.dynamic_ema import DynamicEMA, TaskEndEMA, _norms, balance_weights, dynamic_ema_update
 
 torch.set_num_threads(1)
 
@@ -156,7 +156,7 @@ def tiny_data(n: int = 96, seed: int = 0) -> TensorDataset:
 class TwoTasks(LightningDataModule):
     """A continual DataModule written for the test: task t flips the sign of the inputs, 2 epochs per task.
 
-    It satisfies :class:`datamodules.continual.TaskSchedule` (the protocol callbacks read),
+    It satisfies :class:`zoo.datamodules.continual.TaskSchedule` (the protocol callbacks read),
     and reshuffles by the epoch Lightning sets on the sampler, so a resumed run sees the same batches
     (a DataLoader generator would not do: Lightning may iterate a loader more than once).
     """

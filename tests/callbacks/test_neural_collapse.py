@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.neural_collapse import (
+from zoo.callbacks.neural_collapse import (
     NeuralCollapseMetrics,
     NeuralCollapseMonitor,
     closed_form,

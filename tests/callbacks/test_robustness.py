@@ -7,8 +7,8 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 
-from callbacks.robustness import RobustnessEvaluation, per_class_accuracy
-from datamodules.digits import DigitsDataModule
+from zoo.callbacks.robustness import RobustnessEvaluation, per_class_accuracy
+from zoo.datamodules.digits import DigitsDataModule
 from zoo.nn.attacks import PGD
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules import (
+from zoo.datamodules import (
     CIFAR10DataModule,
     CIFAR10LTDataModule,
     CIFAR100DataModule,

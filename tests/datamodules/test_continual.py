@@ -8,8 +8,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 
-from datamodules.continual import INTENSITY_SHIFT, SplitTasks, dataset_targets, task_schedule
-from datamodules.digits import DigitsDataModule
+from zoo.datamodules.continual import INTENSITY_SHIFT, SplitTasks, dataset_targets, task_schedule
+from zoo.datamodules.digits import DigitsDataModule
 
 
 def labels(view) -> list[int]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from datamodules import DigitsDataModule, longtail_counts
+from zoo.datamodules import DigitsDataModule, longtail_counts
 
 torch.set_num_threads(1)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.longtail import longtail_counts, longtail_indices
+from zoo.datamodules.longtail import longtail_counts, longtail_indices
 
 torch.set_num_threads(1)
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.digits import split_digits
-from datamodules.multicolor import MultiColorDigitsDataModule, colour_patches, decode_colours
+from zoo.datamodules.digits import split_digits
+from zoo.datamodules.multicolor import MultiColorDigitsDataModule, colour_patches, decode_colours
 
 torch.set_num_threads(1)
 

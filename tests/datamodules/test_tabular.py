@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules import SyntheticBinaryDataModule
+from zoo.datamodules import SyntheticBinaryDataModule
 
 torch.set_num_threads(1)
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from datamodules.multicolor import MultiColorDigitsDataModule
+from zoo.datamodules.multicolor import MultiColorDigitsDataModule
 from zoo.bang import (
     BANGClassifier,
     FalseFalseTrueRatio,

@@ -15,7 +15,7 @@ from scipy.optimize import linprog
 from sklearn.datasets import make_moons
 
 import zoo
-from datamodules.moons import MoonsDataModule
+from zoo.datamodules.moons import MoonsDataModule
 from zoo.convex_relu import (
     ADMMSolver,
     ConvexReLU,

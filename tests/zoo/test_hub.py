@@ -19,7 +19,7 @@ import yaml
 from lightning.pytorch import LightningModule, Trainer
 from safetensors.torch import load_file, save_file
 
-from datamodules.tabular import SyntheticBinaryDataModule
+from zoo.datamodules.tabular import SyntheticBinaryDataModule
 from zoo.anyloss import AnyLossClassifier
 from zoo.errors import UnknownEntryError, UnsafeCheckpointError, WrongClassError, ZooLoadError
 from zoo.hub import FORMAT_VERSION, ZooModule, load, module_from_checkpoint

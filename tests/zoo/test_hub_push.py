@@ -21,7 +21,7 @@ from huggingface_hub import constants
 from lightning.pytorch import LightningModule, Trainer
 from safetensors.torch import load as load_safetensors
 
-import cli
+from zoo import cli
 from zoo.anyloss import AnyLossClassifier
 from zoo.hub import load
 

@@ -20,7 +20,7 @@ from lightning.pytorch import Callback, Trainer
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
-import cli
+from zoo import cli
 import zoo
 from zoo.hub import module_from_checkpoint
 from zoo.mtard import (

@@ -8,7 +8,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from datamodules.associative import AssociativeMemoryDataModule, class_frequencies
+from zoo.datamodules.associative import AssociativeMemoryDataModule, class_frequencies
 from zoo.muon_tail import AssociativeMemory, SpectralIsotropy, StopAtThreshold, build_optimizer, orthonormal_embeddings, spectral_isotropy
 
 

@@ -12,8 +12,8 @@ import yaml
 from lightning.pytorch import Trainer, seed_everything
 
 import zoo
-from callbacks.neural_collapse import NeuralCollapseMonitor, closed_form
-from datamodules.ufm import UFMDataModule, ufm_labels
+from zoo.callbacks.neural_collapse import NeuralCollapseMonitor, closed_form
+from zoo.datamodules.ufm import UFMDataModule, ufm_labels
 from zoo.cards import render_card
 from zoo.neural_collapse import DeepLinearHeadClassifier, DeepLinearUFM
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-import cli
+from zoo import cli
 import zoo.registry
 from zoo.reproduce import Arm, Claim, ClaimError, Condition, arm_args, evaluate_condition, load_claim
 
@@ -66,7 +66,7 @@ def test_unsafe_or_malformed_checks_are_refused(check: str) -> None:
 TINY_CONFIG = {
     "model": {"class_path": "zoo.anyloss.AnyLossClassifier", "init_args": {"input_dim": 8}},
     "data": {
-        "class_path": "datamodules.tabular.SyntheticBinaryDataModule",
+        "class_path": "zoo.datamodules.tabular.SyntheticBinaryDataModule",
         "init_args": {"n_samples": 400, "n_features": 8, "n_informative": 4, "positive_fraction": 0.2, "batch_fraction": 0.25},
     },
     "trainer": {"max_epochs": 1, "accelerator": "cpu", "enable_checkpointing": False},

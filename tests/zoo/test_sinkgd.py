@@ -160,7 +160,7 @@ def test_invalid_arguments() -> None:
 def test_classifier_logs_state_bytes(optimizer: str, tmp_path) -> None:
     from lightning.pytorch import Trainer
 
-    from datamodules.digits import DigitsDataModule
+    from zoo.datamodules.digits import DigitsDataModule
 
     model = SinkGDClassifier(hidden_dims=[32], optimizer=optimizer, lr=1e-3)
     trainer = Trainer(

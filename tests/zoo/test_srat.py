@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from datamodules.digits import DigitsDataModule
+from zoo.datamodules.digits import DigitsDataModule
 from zoo.srat import (
     DeferredReweighting,
     SeparationLoss,

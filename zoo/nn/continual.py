@@ -15,7 +15,7 @@ reservoir replay buffer and one of three rehearsal methods:
 Before every training forward the labels of the whole forward batch are announced to the
 callbacks that define ``on_train_forward_labels(trainer, pl_module, labels)`` (AdaB²N needs
 the per-task counts of the joint batch). The current task comes from the DataModule
-(:func:`datamodules.continual.task_schedule`); without one, everything is task 0.
+(:func:`zoo.datamodules.continual.task_schedule`); without one, everything is task 0.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from datamodules.continual import task_schedule
+from zoo.datamodules.continual import task_schedule
 from zoo.hub import ZooModule
 from zoo.nn.replay import ReservoirBuffer
 

@@ -1,0 +1,243 @@
+"""``zoo``: LightningCLI for fit/validate/test/predict, plus list, publish and reproduce.
+
+    zoo fit --config cards/anyloss/config.yaml
+    zoo fit --model=AnyLossClassifier --data=SyntheticBinaryDataModule
+    zoo list --markdown
+    zoo publish --ckpt_path last.ckpt --local_dir hub/anyloss [--repo_id org/name --push]
+    zoo reproduce anyloss [--seeds 5]
+
+Bad input (an unknown entry, a missing config or checkpoint, a checkpoint of another class)
+ends with one line on stderr and exit code 2; a claim that was measured and did not hold
+exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from zoo.lightning_cli import build_lightning_cli
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+EXIT_OK, EXIT_CLAIM_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+# ----------------------------------------------------------------------------- subcommands
+README_TABLE_START, README_TABLE_END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
+
+
+def markdown_table() -> str:
+    """The zoo table of the README, generated from the registry."""
+    from zoo.registry import list_entries
+
+    rows = ["| entry | kind | paper | arXiv | class |", "|---|---|---|---|---|"]
+    for e in list_entries():
+        arxiv = f"[{e.arxiv}]({e.arxiv_url})" if e.arxiv else "—"
+        rows.append(f"| `{e.name}` | {e.kind} | {e.paper} | {arxiv} | `{e.target}` |")
+    return "\n".join(rows)
+
+
+def write_readme_table(readme: Path) -> None:
+    """Replace the table between the README's zoo-table markers with the generated one."""
+    text = readme.read_text()
+    if README_TABLE_START not in text or README_TABLE_END not in text:
+        raise _BadInput(f"{readme} has no {README_TABLE_START} ... {README_TABLE_END} markers")
+    head, rest = text.split(README_TABLE_START, 1)
+    _, tail = rest.split(README_TABLE_END, 1)
+    readme.write_text(f"{head}{README_TABLE_START}\n{markdown_table()}\n{README_TABLE_END}{tail}")
+
+
+def cmd_list(markdown: bool, write_readme: str | None = None) -> int:
+    from zoo.registry import list_entries
+
+    if write_readme:
+        write_readme_table(Path(write_readme))
+        return EXIT_OK
+    if markdown:
+        print(markdown_table())
+        return EXIT_OK
+    entries = list_entries()
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="balance-zoo entries")
+    for column in ("entry", "kind", "paper", "arXiv", "class"):
+        table.add_column(column)
+    for e in entries:
+        table.add_row(e.name, e.kind, e.paper, e.arxiv or "—", e.target)
+    Console().print(table)
+    return EXIT_OK
+
+
+def cmd_publish(ckpt_path: str, local_dir: str, repo_id: str | None, push: bool, metrics: str | None) -> int:
+    from zoo.hub import module_from_checkpoint
+
+    if push and not repo_id:
+        raise _BadInput("--push needs --repo_id org/name")
+    measured = _read_metrics(metrics) if metrics else None
+    model = module_from_checkpoint(ckpt_path)
+    model.save_pretrained(local_dir, metrics=measured, repo_id=repo_id, push_to_hub=push)
+    where = f" and pushed to {repo_id}" if push else ""
+    print(f"published {model.zoo_entry().name} ({type(model).__name__}) to {local_dir}{where}")
+    return EXIT_OK
+
+
+def _read_metrics(spec: str) -> dict[str, float]:
+    """``--metrics`` as a JSON file or inline JSON object of measured values."""
+    text = Path(spec).read_text() if Path(spec).is_file() else spec
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        raise _BadInput(f"--metrics {spec!r} is neither a JSON file nor a JSON object") from None
+    if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
+        raise _BadInput("--metrics must map metric names to numbers")
+    return {str(k): float(v) for k, v in data.items()}
+
+
+def cmd_reproduce(name: str, seeds: int | None, out: str | None, threads: int) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from zoo.reproduce import load_claim, reproduce
+
+    claim = load_claim(name)
+    if seeds is not None:
+        claim = claim.with_seeds(seeds)
+    console = Console()
+    console.print(f"[bold]zoo reproduce {claim.entry}[/]: {claim.claim}")
+    total = len(claim.arms) * len(claim.seeds)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True
+    ) as progress:
+        task = progress.add_task("training arms x seeds", total=total)
+        result = reproduce(
+            claim, threads=threads, on_run=lambda arm, seed: progress.update(task, advance=1, description=f"{arm} seed {seed}")
+        )
+    render_claim(result, console)
+    path = Path(out) if out else Path("runs") / "reproduce" / f"{claim.entry}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(result.to_json())
+    console.print(f"written to {path} in {result.seconds:.0f} s")
+    return EXIT_OK if result.held else EXIT_CLAIM_FAILED
+
+
+def render_claim(result: Any, console: Any) -> None:
+    """The per-seed values with means, then each condition with its measured margin and verdict."""
+    from rich.table import Table
+
+    from zoo.reproduce import fmt, summary
+
+    values = Table(title=f"{result.entry}: measured (seeds {result.seeds})")
+    values.add_column("arm")
+    values.add_column("metric")
+    for seed in result.seeds:
+        values.add_column(f"seed {seed}", justify="right")
+    values.add_column("mean ± std", justify="right", style="bold")
+    for arm, label in result.arms.items():
+        for alias, per_seed in result.values[arm].items():
+            values.add_row(f"{arm} ({label})" if label != arm else arm, alias, *map(fmt, per_seed), summary(per_seed))
+    console.print(values)
+    checks = Table(title="claim conditions")
+    for column in ("condition", "measured", "margin", "verdict", "paper"):
+        checks.add_column(column)
+    for c in result.conditions:
+        mode = "each seed: " if c.each_seed else "mean: "
+        verdict = "[green]held[/]" if c.held else "[red]did not hold[/]"
+        measured = f"{fmt(c.lhs)} vs {fmt(c.rhs)}" + (" (worst seed)" if c.each_seed else "")
+        checks.add_row(mode + c.check, measured, f"{c.margin:+.4g}", verdict, c.paper)
+    console.print(checks)
+    overall = "[green]the claim held[/]" if result.held else "[red]the claim did not hold[/]"
+    console.print(f"{overall}. Paper: {result.paper}")
+
+
+# ----------------------------------------------------------------------------------- main
+class _BadInput(Exception):
+    """Raised by the CLI itself for arguments it cannot use."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage and exiting (``exit_on_error`` misses
+    unknown and missing arguments), so every bad input ends as one line."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise _BadInput(message)
+
+
+def _zoo_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="zoo",
+        description="balance-zoo: train (fit/validate/test/predict, LightningCLI), list, publish and reproduce entries.",
+        exit_on_error=False,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{fit,validate,test,predict,list,publish,reproduce}")
+    for name in LIGHTNING_COMMANDS:
+        sub.add_parser(name, help=f"LightningCLI {name} (zoo {name} --help)")
+    p_list = sub.add_parser("list", help="the registered entries")
+    p_list.add_argument("--markdown", action="store_true", help="a markdown table (for the README)")
+    p_list.add_argument("--write-readme", default=None, metavar="README", help="rewrite the table between the README's zoo-table markers")
+    p_pub = sub.add_parser("publish", help="checkpoint -> hub folder with rendered card -> optional push")
+    p_pub.add_argument("--ckpt_path", required=True)
+    p_pub.add_argument("--local_dir", required=True)
+    p_pub.add_argument("--repo_id", default=None)
+    p_pub.add_argument("--push", action="store_true")
+    p_pub.add_argument("--metrics", default=None, help="measured metrics for the card: a JSON file or inline JSON")
+    p_rep = sub.add_parser("reproduce", help="train method and baselines on the same seeds and check the paper's claim")
+    p_rep.add_argument("name")
+    p_rep.add_argument("--seeds", type=int, default=None, help="use seeds 0..N-1 instead of the claim's")
+    p_rep.add_argument("--out", default=None, help="where to write the JSON result (default runs/reproduce/NAME.json)")
+    p_rep.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for small models)")
+    return parser
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}" if len(lines[0]) < 60 else lines[0]
+
+
+def _run(argv: list[str]) -> int:
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        build_lightning_cli(argv)
+        return EXIT_OK
+    parser = _zoo_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return EXIT_OK
+    try:
+        ns = parser.parse_args(argv)
+    except argparse.ArgumentError as err:
+        raise _BadInput(str(err)) from None
+    if ns.command == "list":
+        return cmd_list(ns.markdown, ns.write_readme)
+    if ns.command == "publish":
+        return cmd_publish(ns.ckpt_path, ns.local_dir, ns.repo_id, ns.push, ns.metrics)
+    if ns.command == "reproduce":
+        return cmd_reproduce(ns.name, ns.seeds, ns.out, ns.threads)
+    raise _BadInput(f"unknown command {argv[0]!r}")  # pragma: no cover - argparse rejects it first
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``zoo`` console script; returns the exit code."""
+    from jsonargparse import ArgumentError as JsonArgumentError
+
+    from zoo.errors import ZooError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Lightning 2.6 on torch >= 2.9 warns about its own pytree use on every fit: not the user's to fix
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    try:
+        return _run(argv)
+    except (ZooError, _BadInput, JsonArgumentError, argparse.ArgumentError, FileNotFoundError) as err:
+        print(f"zoo: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except SystemExit as exit_:  # argparse's own --help / usage exits
+        return int(exit_.code or 0) if isinstance(exit_.code, int) else EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,104 +1,32 @@
 """Auxiliary-loss-free load balancing (ALF-LB) for mixture-of-experts routers, as a drop-in Callback.
 
-Papers: *A Theoretical Framework for Auxiliary-Loss-Free Load Balancing of Sparse Mixture-of-Experts
-in Large-Scale AI Models* (arXiv 2512.03915), which reads ALF-LB as a primal-dual method for the
-per-batch token-to-expert assignment problem; the method itself is Wang et al. 2024, *Auxiliary-Loss-
-Free Load Balancing Strategy for Mixture-of-Experts* (arXiv 2408.15664, DeepSeek), Algorithm 1.
+Papers: arXiv 2512.03915 (ALF-LB as a primal-dual method) and Wang et al. 2024, arXiv 2408.15664,
+Algorithm 1. After each training batch this callback reads the tokens each router sent to each
+expert, all-reduces them across data-parallel ranks, and moves every router's selection-only bias
+towards balance with :func:`zoo.alf_lb.bias_update` at the step size :func:`zoo.alf_lb.step_size`.
+The rules, schedules, the router protocol (:class:`zoo.alf_lb.BiasedRouter`: an ``expert_bias``
+persistent buffer and ``pop_expert_load()``) and the guesses made are documented in :mod:`zoo.alf_lb`.
 
-Each router adds a per-expert bias ``b_i`` to its affinities **for top-k selection only** (the gate
-weights stay the unbiased scores; no gradient reaches ``b``). After each training batch this
-callback reads the tokens each expert received, ``c_i``, all-reduces them across data-parallel
-ranks, and moves the bias towards balance with ``e_i = mean(c) - c_i`` (under-loaded experts go up):
+>>> from zoo.callbacks import AuxFreeLoadBalancing
+>>> cb = AuxFreeLoadBalancing(update_rate=1e-3, rule="sign")  # Trainer(callbacks=[cb]).fit(moe_model)
 
-- ``rule="sign"`` (Wang et al.):            ``b_i <- b_i + u_n * sign(e_i)``
-- ``rule="proportional"``:                  ``b_i <- b_i + u_n * e_i / mean(c)``
-
-In the primal-dual reading ``b`` is the dual variable of the capacity constraint
-``sum_t x_{i,t} = K T / E`` and each update is one (sign-)subgradient step on it.
-Step sizes ``u_n`` (``n`` = updates so far): ``schedule="constant"`` (``u``), ``"1/n"``
-(``u * n0 / (n0 + n)``, the strongly-convex schedule behind the paper's logarithmic-regret bound)
-and ``"1/sqrt(n)"`` (``u * sqrt(n0 / (n0 + n))``), with ``n0 = schedule_offset``.
-
-The router protocol (:class:`BiasedRouter`), which any module can implement:
-
-- ``expert_bias``: a float tensor of shape ``(num_experts,)``, registered as a **persistent buffer**
-  (so checkpoints and ``from_pretrained`` restore it), added to the affinities only to pick the
-  top-k experts;
-- ``pop_expert_load() -> Tensor``: the number of tokens routed to each expert (shape
-  ``(num_experts,)``) by training-mode forwards since the previous call, and reset the count.
-
-Guesses and deviations (the paper's full text was not read; see ``cards/alf-lb``): the proportional
-rule is normalised by the mean load (so ``u`` is unitless, as in the brief's feasibility check);
-the ``"1/n"`` offset ``n0`` is a guess; the update runs after every training batch (with gradient
-accumulation that is every micro-batch, which only makes the bias react faster); loads counted by a
-forward are used for the next batch's routing only (causal). The paper's ``dual_subgradient``
-variant is the proportional rule without normalisation and is not offered separately.
+The update runs after every training batch (with gradient accumulation that is every micro-batch,
+which only makes the bias react faster); loads counted by a forward are used for the next batch's
+routing only (causal).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 from typing_extensions import override
 
-__all__ = ["AuxFreeLoadBalancing", "BiasedRouter", "RULES", "SCHEDULES", "bias_update", "find_routers", "max_violation", "step_size"]
+from zoo.alf_lb import RULES, SCHEDULES, Rule, Schedule, bias_update, find_routers, max_violation, step_size
 
-Rule = Literal["sign", "proportional"]
-Schedule = Literal["constant", "1/n", "1/sqrt(n)"]
-RULES: tuple[str, ...] = ("sign", "proportional")
-SCHEDULES: tuple[str, ...] = ("constant", "1/n", "1/sqrt(n)")
-
-
-@runtime_checkable
-class BiasedRouter(Protocol):
-    """What :class:`AuxFreeLoadBalancing` needs from a router (see the module docstring)."""
-
-    expert_bias: Tensor
-
-    def pop_expert_load(self) -> Tensor: ...
-
-
-def is_biased_router(module: nn.Module) -> bool:
-    return isinstance(getattr(module, "expert_bias", None), Tensor) and callable(getattr(module, "pop_expert_load", None))
-
-
-def find_routers(module: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every submodule (the module itself included, named ``""``) that implements the router protocol."""
-    return [(name, m) for name, m in module.named_modules() if is_biased_router(m)]
-
-
-def max_violation(loads: Tensor) -> Tensor:
-    """MaxVio = (max_i c_i - mean c) / mean c (Wang et al.); 0 for perfect balance."""
-    loads = loads.float()
-    mean = loads.mean()
-    return (loads.max() - mean) / mean.clamp_min(1e-12)
-
-
-def step_size(update_rate: float, schedule: str, n: int, offset: float = 100.0) -> float:
-    """The step size ``u_n`` of the ``n``-th update (``n`` = 0 for the first)."""
-    if schedule == "constant":
-        return update_rate
-    if schedule == "1/n":
-        return update_rate * offset / (offset + n)
-    if schedule == "1/sqrt(n)":
-        return update_rate * math.sqrt(offset / (offset + n))
-    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-
-
-def bias_update(loads: Tensor, rate: float, rule: str = "sign") -> Tensor:
-    """The bias increment from one batch's per-expert loads ``c``: ``e = mean(c) - c`` then the rule."""
-    loads = loads.float()
-    mean = loads.mean()
-    err = mean - loads
-    if rule == "sign":
-        return rate * torch.sign(err)
-    if rule == "proportional":
-        return rate * err / mean.clamp_min(1e-12)
-    raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+__all__ = ["AuxFreeLoadBalancing"]
 
 
 class AuxFreeLoadBalancing(Callback):
@@ -155,7 +83,7 @@ class AuxFreeLoadBalancing(Callback):
                 f"AuxFreeLoadBalancing: {type(pl_module).__qualname__} has no router to balance. It needs a submodule with "
                 "an `expert_bias` tensor of shape (num_experts,) (a persistent buffer, added to the affinities for top-k "
                 "selection only) and a `pop_expert_load()` method returning the tokens routed to each expert by training "
-                "forwards since its last call; see zoo.callbacks.alf_lb.BiasedRouter (zoo.moe.BiasedTopKRouter implements it)."
+                "forwards since its last call; see zoo.alf_lb.BiasedRouter (zoo.alf_lb.BiasedTopKRouter implements it)."
             )
         for name, router in self._routers:
             if router.expert_bias.ndim != 1 or not router.expert_bias.is_floating_point():  # type: ignore[union-attr]

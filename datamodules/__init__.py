@@ -17,6 +17,7 @@ from zoo.datamodules.longtail import longtail_counts, longtail_indices
 from zoo.datamodules.moons import MoonsDataModule
 from zoo.datamodules.multicolor import MultiColorDigitsDataModule
 from zoo.datamodules.tabular import SyntheticBinaryDataModule
+from zoo.datamodules.tokens import ZipfTokenDataModule
 from zoo.datamodules.ufm import UFMDataModule
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "CIFARDataModule",
     "DigitsDataModule",
     "SyntheticBinaryDataModule",
+    "ZipfTokenDataModule",
     "longtail_counts",
     "longtail_indices",
 ]

@@ -187,7 +187,7 @@ _ENTRIES: tuple[Entry, ...] = (
         arxiv="2512.03915",
         kind="callback",
         target="zoo.callbacks.alf_lb.AuxFreeLoadBalancing",
-        module="zoo.moe.TinyMoE",
+        module="zoo.alf_lb.TinyMoE",
         card="alf-lb",
         summary="MoE router biases updated from observed loads after each step, no auxiliary loss.",
     ),

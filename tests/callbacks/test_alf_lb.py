@@ -14,8 +14,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from zoo.callbacks.alf_lb import AuxFreeLoadBalancing, BiasedRouter, bias_update, find_routers, max_violation, step_size
-from zoo.moe import BiasedTopKRouter, TinyMoE, ZipfTokenDataModule, synthetic_router_run
+from zoo.alf_lb import BiasedRouter, BiasedTopKRouter, TinyMoE, bias_update, find_routers, max_violation, step_size, synthetic_router_run
+from zoo.callbacks.alf_lb import AuxFreeLoadBalancing
+from zoo.datamodules.tokens import ZipfTokenDataModule
 
 
 @pytest.fixture(autouse=True)

@@ -1,47 +1,144 @@
-"""A tiny top-k mixture-of-experts model whose router has a selection-only bias, for ALF-LB.
+"""ALF-LB: auxiliary-loss-free load balancing of top-k mixture-of-experts routers (the maths and the tiny MoE).
 
-Paper: arXiv 2512.03915 (ALF-LB theory); method Wang et al. 2024 (arXiv 2408.15664); the router
-follows DeepSeek-V3's ``Gate``: sigmoid affinities ``s = sigmoid(h W^T)`` to the expert centroids,
-experts chosen by ``TopK(s + b)``, gate weights the **unbiased** ``s`` of the chosen experts,
-renormalised over the ``k``. The bias ``b`` is a persistent buffer that only
-:class:`zoo.callbacks.alf_lb.AuxFreeLoadBalancing` changes; no gradient reaches it.
+Papers: *A Theoretical Framework for Auxiliary-Loss-Free Load Balancing of Sparse Mixture-of-Experts
+in Large-Scale AI Models* (arXiv 2512.03915), which reads ALF-LB as a primal-dual method for the
+per-batch token-to-expert assignment problem; the method itself is Wang et al. 2024, *Auxiliary-Loss-
+Free Load Balancing Strategy for Mixture-of-Experts* (arXiv 2408.15664, DeepSeek), Algorithm 1.
 
-- :class:`BiasedTopKRouter` implements the callback's router protocol (``expert_bias``,
-  ``pop_expert_load``).
+Each router adds a per-expert bias ``b_i`` to its affinities **for top-k selection only** (the gate
+weights stay the unbiased scores; no gradient reaches ``b``). After each training batch the bias
+moves towards balance with ``e_i = mean(c) - c_i`` (``c_i``: tokens expert ``i`` received;
+under-loaded experts go up), :func:`bias_update`:
+
+- ``rule="sign"`` (Wang et al.):            ``b_i <- b_i + u_n * sign(e_i)``
+- ``rule="proportional"``:                  ``b_i <- b_i + u_n * e_i / mean(c)``
+
+In the primal-dual reading ``b`` is the dual variable of the capacity constraint
+``sum_t x_{i,t} = K T / E`` and each update is one (sign-)subgradient step on it.
+Step sizes ``u_n`` (``n`` = updates so far), :func:`step_size`: ``schedule="constant"`` (``u``),
+``"1/n"`` (``u * n0 / (n0 + n)``, the strongly-convex schedule behind the paper's logarithmic-regret
+bound) and ``"1/sqrt(n)"`` (``u * sqrt(n0 / (n0 + n))``), with ``n0 = schedule_offset``.
+
+The router protocol (:class:`BiasedRouter`), which any module can implement:
+
+- ``expert_bias``: a float tensor of shape ``(num_experts,)``, registered as a **persistent buffer**
+  (so checkpoints and ``from_pretrained`` restore it), added to the affinities only to pick the
+  top-k experts;
+- ``pop_expert_load() -> Tensor``: the number of tokens routed to each expert (shape
+  ``(num_experts,)``) by training-mode forwards since the previous call, and reset the count.
+
+The drop-in callback that applies the updates during training is
+:class:`zoo.callbacks.alf_lb.AuxFreeLoadBalancing`; this module never imports it.
+
+Parts:
+
+- :class:`BiasedTopKRouter` implements the router protocol. It follows DeepSeek-V3's ``Gate``:
+  sigmoid affinities ``s = sigmoid(h W^T)`` to the expert centroids, experts chosen by
+  ``TopK(s + b)``, gate weights the **unbiased** ``s`` of the chosen experts, renormalised over the ``k``.
 - :class:`MoEFeedForward`: routed expert MLPs (``num_experts`` x ``d -> d_hidden -> d``), sparse
   dispatch, residual.
-- :class:`TinyMoE` (ZooModule): two tokens of a Zipf stream, embedded and summed, one MoE layer,
-  a linear head; the target is a fixed random function of the two tokens. ``balance`` is
-  ``"bias"`` (ALF-LB: add the callback), ``"aux_loss"`` (Switch-style ``alpha * E * sum f_i P_i``)
-  or ``"none"``. Logs ``train/maxvio`` (per epoch: the mean over its batches of the batch MaxVio),
-  ``train/loss``, ``val/ce``, ``test/ce`` and ``test/maxvio``.
-- :class:`ZipfTokenDataModule`: the data, generated in code from a seed; ``zipf`` is the skew knob.
-- :func:`synthetic_router_run`: the brief's fixed synthetic router (no training) for the
-  order-of-magnitude claim.
+- :class:`TinyMoE` (ZooModule): two tokens of a Zipf stream (:class:`zoo.datamodules.ZipfTokenDataModule`),
+  embedded and summed, one MoE layer, a linear head; the target is a fixed random function of the two
+  tokens. ``balance`` is ``"bias"`` (ALF-LB: the card's config attaches the callback), ``"aux_loss"``
+  (Switch-style ``alpha * E * sum f_i P_i``) or ``"none"``. Logs ``train/maxvio`` (per epoch: the mean
+  over its batches of the batch MaxVio), ``train/loss``, ``val/ce``, ``test/ce`` and ``test/maxvio``.
+- :func:`synthetic_router_run`: a fixed synthetic router (no training) for the order-of-magnitude
+  claim checked in ``tests/callbacks/test_alf_lb.py``.
 
-Deviations/guesses: no shared experts (DeepSeekMoE has them; they do not take part in routing);
-one MoE layer; the aux-loss variant uses the raw sigmoid scores normalised per token as ``P``;
-the bias is applied (zero) in every arm, so ``balance="none"`` and ``"bias"`` are the same model
-and differ only by the callback.
+Guesses and deviations (the paper's full text was not read; see ``cards/alf-lb``): the proportional
+rule is normalised by the mean load (so ``u`` is unitless); the ``"1/n"`` offset ``n0`` is a guess;
+the paper's ``dual_subgradient`` variant is the proportional rule without normalisation and is not
+offered separately. No shared experts (DeepSeekMoE has them; they do not take part in routing); one
+MoE layer; the aux-loss variant uses the raw sigmoid scores normalised per token as ``P``; the bias
+is applied (zero) in every arm, so ``balance="none"`` and ``"bias"`` are the same model and differ
+only by the callback.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 
 from zoo.hub import ZooModule
 
-__all__ = ["BALANCES", "BiasedTopKRouter", "MoEFeedForward", "TinyMoE", "ZipfTokenDataModule", "synthetic_router_run", "zipf_probs"]
+__all__ = [
+    "BALANCES",
+    "RULES",
+    "SCHEDULES",
+    "BiasedRouter",
+    "BiasedTopKRouter",
+    "MoEFeedForward",
+    "TinyMoE",
+    "bias_update",
+    "find_routers",
+    "is_biased_router",
+    "max_violation",
+    "step_size",
+    "synthetic_router_run",
+]
 
 BALANCES: tuple[str, ...] = ("bias", "aux_loss", "none")
+
+
+Rule = Literal["sign", "proportional"]
+Schedule = Literal["constant", "1/n", "1/sqrt(n)"]
+RULES: tuple[str, ...] = ("sign", "proportional")
+SCHEDULES: tuple[str, ...] = ("constant", "1/n", "1/sqrt(n)")
+
+
+@runtime_checkable
+class BiasedRouter(Protocol):
+    """What :class:`zoo.callbacks.AuxFreeLoadBalancing` needs from a router (see the module docstring)."""
+
+    expert_bias: Tensor
+
+    def pop_expert_load(self) -> Tensor: ...
+
+
+def is_biased_router(module: nn.Module) -> bool:
+    """Whether ``module`` has a tensor ``expert_bias`` and a callable ``pop_expert_load`` (duck typing)."""
+    return isinstance(getattr(module, "expert_bias", None), Tensor) and callable(getattr(module, "pop_expert_load", None))
+
+
+def find_routers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every submodule (the module itself included, named ``""``) that implements the router protocol."""
+    return [(name, m) for name, m in module.named_modules() if is_biased_router(m)]
+
+
+def max_violation(loads: Tensor) -> Tensor:
+    """MaxVio = (max_i c_i - mean c) / mean c (Wang et al.); 0 for perfect balance."""
+    loads = loads.float()
+    mean = loads.mean()
+    return (loads.max() - mean) / mean.clamp_min(1e-12)
+
+
+def step_size(update_rate: float, schedule: str, n: int, offset: float = 100.0) -> float:
+    """The step size ``u_n`` of the ``n``-th update (``n`` = 0 for the first)."""
+    if schedule == "constant":
+        return update_rate
+    if schedule == "1/n":
+        return update_rate * offset / (offset + n)
+    if schedule == "1/sqrt(n)":
+        return update_rate * math.sqrt(offset / (offset + n))
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+
+def bias_update(loads: Tensor, rate: float, rule: str = "sign") -> Tensor:
+    """The bias increment from one batch's per-expert loads ``c``: ``e = mean(c) - c`` then the rule."""
+    loads = loads.float()
+    mean = loads.mean()
+    err = mean - loads
+    if rule == "sign":
+        return rate * torch.sign(err)
+    if rule == "proportional":
+        return rate * err / mean.clamp_min(1e-12)
+    raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
 
 
 class BiasedTopKRouter(nn.Module):
@@ -74,7 +171,7 @@ class BiasedTopKRouter(nn.Module):
             self._load += torch.bincount(idx.flatten(), minlength=self.num_experts).to(self._load)
         return idx, gates, s
 
-    # -------------------------------------------------------------- router protocol (zoo.callbacks.alf_lb)
+    # -------------------------------------------------------------- router protocol (BiasedRouter)
     def pop_expert_load(self) -> Tensor:
         load = self._load.clone()
         self._load.zero_()
@@ -115,75 +212,6 @@ class MoEFeedForward(nn.Module):
             out = out.index_add(0, tok, y * gates.flatten()[sel, None])
         self.last_loads, self.last_scores = counts, scores
         return h + out
-
-
-def zipf_probs(vocab_size: int, exponent: float) -> np.ndarray:
-    p = 1.0 / np.arange(1, vocab_size + 1, dtype=np.float64) ** exponent
-    return p / p.sum()
-
-
-class _Batches(Dataset):
-    """A dataset whose items are whole batches (no per-sample collation)."""
-
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int) -> None:
-        self.x, self.y, self.batch_size = x, y, batch_size
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.x) / self.batch_size)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        s = slice(i * self.batch_size, (i + 1) * self.batch_size)
-        return self.x[s], self.y[s]
-
-
-class ZipfTokenDataModule(LightningDataModule):
-    """Pairs of tokens drawn i.i.d. from Zipf(``zipf``) over ``vocab_size``; target ``(g[a] + h[b]) mod C``.
-
-    ``zipf`` is the skew knob: 0 is uniform, 0.6 mild (the top token is ~2 % of positions), 1.2 strong
-    (~27 %). A training epoch is ``steps_per_epoch`` fixed batches of ``tokens_per_batch`` positions
-    (the same batches every epoch, in order); validation and test are fresh draws of ``eval_tokens``.
-    """
-
-    def __init__(
-        self,
-        vocab_size: int = 512,
-        num_classes: int = 16,
-        zipf: float = 0.6,
-        tokens_per_batch: int = 4096,
-        steps_per_epoch: int = 100,
-        eval_tokens: int = 16384,
-        seed: int = 0,
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.vocab_size, self.num_classes, self.zipf = vocab_size, num_classes, zipf
-        self.tokens_per_batch, self.steps_per_epoch, self.eval_tokens, self.seed = tokens_per_batch, steps_per_epoch, eval_tokens, seed
-        self._data: dict[str, tuple[Tensor, Tensor]] = {}
-
-    def setup(self, stage: str | None = None) -> None:
-        if self._data:
-            return
-        rng = np.random.default_rng(self.seed)
-        g, h = rng.integers(0, self.num_classes, self.vocab_size), rng.integers(0, self.num_classes, self.vocab_size)
-        p = zipf_probs(self.vocab_size, self.zipf)
-        perm = rng.permutation(self.vocab_size)  # frequent tokens are not the small ids
-        for split, n in (("train", self.tokens_per_batch * self.steps_per_epoch), ("val", self.eval_tokens), ("test", self.eval_tokens)):
-            tok = perm[rng.choice(self.vocab_size, size=(n, 2), p=p)]
-            y = (g[tok[:, 0]] + h[tok[:, 1]]) % self.num_classes
-            self._data[split] = (torch.as_tensor(tok, dtype=torch.long), torch.as_tensor(y, dtype=torch.long))
-
-    def _loader(self, split: str) -> DataLoader:
-        self.setup()
-        return DataLoader(_Batches(*self._data[split], self.tokens_per_batch), batch_size=None, shuffle=False)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
 
 
 class TinyMoE(ZooModule):
@@ -230,12 +258,13 @@ class TinyMoE(ZooModule):
         P = (s / s.sum(-1, keepdim=True)).mean(0)
         return self.router.num_experts * (f * P).sum()
 
-    def on_fit_start(self) -> None:
-        from zoo.callbacks.alf_lb import AuxFreeLoadBalancing
-
-        has_cb = any(isinstance(c, AuxFreeLoadBalancing) for c in self.trainer.callbacks)
-        if self.hparams.balance == "bias" and not has_cb:
-            rank_zero_warn("TinyMoE(balance='bias') without an AuxFreeLoadBalancing callback: the bias stays at zero (no balancing)")
+    def on_train_epoch_end(self) -> None:
+        # the bias only moves under a balancing callback; a run that forgot it would silently be "none"
+        if self.hparams.balance == "bias" and self.current_epoch == 0 and not self.router.expert_bias.any():
+            rank_zero_warn(
+                "TinyMoE(balance='bias'): the router bias is still zero after an epoch, so nothing balanced the "
+                "loads; add the callback: --trainer.callbacks+=zoo.callbacks.AuxFreeLoadBalancing"
+            )
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
@@ -279,14 +308,12 @@ def synthetic_router_run(
     schedule: str = "constant",
     seed: int = 0,
 ) -> float:
-    """The brief's fixed synthetic router: scores ``sigmoid(N(0,1) + mu_i)``, ``mu_i ~ N(0,1)`` fixed per expert.
+    """A fixed synthetic router: scores ``sigmoid(N(0,1) + mu_i)``, ``mu_i ~ N(0,1)`` fixed per expert.
 
     Routes ``batches`` batches with ``TopK(s + b)``, updating ``b`` after each with
-    :func:`zoo.callbacks.alf_lb.bias_update` (``rule=None``: no balancing). Returns the mean MaxVio of
-    the last ``last`` batches.
+    :func:`bias_update` (``rule=None``: no balancing). Returns the mean MaxVio of the last ``last``
+    batches; with no training in the loop it isolates the update rule's effect on balance.
     """
-    from zoo.callbacks.alf_lb import bias_update, max_violation, step_size
-
     gen = torch.Generator().manual_seed(seed)
     mu = torch.randn(num_experts, generator=gen)
     bias = torch.zeros(num_experts)

@@ -12,7 +12,7 @@ For each problem the reference optimum comes from Clarabel at tight tolerances (
 
 The printed ratio is ADMM time / CVXPY time (below 1: ADMM is faster). Problems: moons with n = 40 and
 all 1,561 arrangements (the claim's exact program), and moons with n = 300 and 100 sampled hyperplanes
-(the brief's approximate setting). Squared loss summed, beta = 1.
+(a sampled, approximate program). Squared loss summed, beta = 1.
 
     python -m benchmarks.convex_relu [--gap 1e-3] [--rho 2] [--threads 1]
 """

@@ -40,7 +40,7 @@ __all__ = ["SplitTasks", "TaskSchedule", "task_schedule", "dataset_targets", "IN
 
 Scenario = Literal["class", "task", "domain"]
 
-#: The per-task (scale, offset) intensity shift of the AdaB²N brief's CPU check.
+#: The per-task (scale, offset) intensity shift of the adab2n claim check (cards/adab2n/claim.yaml).
 INTENSITY_SHIFT: list[list[float]] = [[1.0, 0.0], [0.4, 0.3], [2.0, -0.5], [0.6, 0.6], [1.5, -0.2]]
 
 

@@ -5,11 +5,11 @@ The MultiColorMNIST experiment of Lin et al. (ICLR 2024, arXiv 2309.17230; offic
 colour patches. Every patch has its own random class -> colour map over 10 colours; with
 probability ``id_correlation`` (the official ``--id_sp``) a patch shows its colour for the
 example's class, otherwise a uniformly random colour. Out of distribution the same draw uses
-``ood_correlation`` (the official code uses ``1 - p``; the brief's check re-assigns every colour
-at random, i.e. 0). ``shared_patches=True`` is the official ``--colors 1`` ablation: one colour
+``ood_correlation`` (the official code uses ``1 - p``; the zoo's claim check re-assigns every
+colour at random, i.e. 0). ``shared_patches=True`` is the official ``--colors 1`` ablation: one colour
 draw per example, copied into every patch, so all patches are one spurious feature.
 
-This module is the brief's CPU-scale version ("MultiColor digits"), built on ``load_digits``
+This module is a CPU-scale version ("MultiColor digits"), built on ``load_digits``
 instead of MNIST so nothing downloads. An example is a flat vector::
 
     [ 64 invariant features | patch 0 one-hot (10) | patch 1 one-hot (10) | ... | patch 31 ]

@@ -1,0 +1,167 @@
+"""``ClassifierModule``: the classifier base whose default metrics are what this zoo studies.
+
+Every val/test loader gets one confusion matrix (``torchmetrics``' ``MulticlassConfusionMatrix``,
+summed over batches and, under DDP, over processes), from which the epoch's metrics are read:
+
+- ``{stage}/acc``: accuracy over all examples (micro);
+- ``{stage}/balanced_acc``: balanced accuracy, the mean over classes of per-class recall;
+- ``{stage}/worst_class_acc``: the lowest per-class recall;
+- ``{stage}/acc_class{k}``: the recall of class ``k`` (``class_metrics_limit`` caps how many);
+- ``{stage}/loss``: :meth:`ClassifierModule.eval_loss`, cross-entropy by default.
+
+As scikit-learn's ``balanced_accuracy_score``, a class with no example in the epoch's targets
+is left out of the balanced and worst-class accuracy (its per-class value is NaN). With several
+loaders, Lightning's suffix is appended: ``val/acc/dataloader_idx_1``.
+
+``predict_step`` returns class probabilities, ``softmax(forward(x))``, shape ``(N, C)``.
+
+Subclasses supply ``forward`` (logits), ``training_step`` (the loss) and the optimizer, and
+call ``super().__init__(num_classes)``. One that writes its own ``validation_step`` or
+``test_step`` feeds the base with :meth:`ClassifierModule.update_metrics` and keeps the
+``on_*_epoch_end`` hooks (or calls them through ``super()``).
+
+>>> import torch
+>>> import torch.nn.functional as F
+>>> class Linear(ClassifierModule):
+...     def __init__(self, num_features: int = 4, num_classes: int = 3, lr: float = 0.1) -> None:
+...         super().__init__(num_classes)
+...         self.save_hyperparameters()
+...         self.net = torch.nn.Linear(num_features, num_classes)
+...     def forward(self, x):
+...         return self.net(x)
+...     def training_step(self, batch, batch_idx):
+...         x, y = batch
+...         return F.cross_entropy(self(x), y)
+...     def configure_optimizers(self):
+...         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+>>> model = Linear()
+>>> model.update_metrics("val", torch.tensor([[2.0, 0, 0], [0, 2, 0], [2, 0, 0]]), torch.tensor([0, 1, 1]))
+>>> {k: round(float(v), 3) for k, v in model.compute_metrics("val").items()}
+{'val/acc': 0.667, 'val/balanced_acc': 0.75, 'val/worst_class_acc': 0.5, 'val/acc_class0': 1.0, 'val/acc_class1': 0.5, 'val/acc_class2': nan}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from zoo.hub import ZooModule
+
+__all__ = ["ClassifierModule", "classification_metrics"]
+
+STAGES = ("val", "test")
+
+
+def classification_metrics(confusion: Tensor, prefix: str, max_classes: int | None = None) -> dict[str, Tensor]:
+    """Accuracy, balanced, worst-class and per-class accuracy from a ``(C, C)`` confusion matrix.
+
+    ``confusion[i, j]`` counts examples of true class ``i`` predicted as ``j``. Recall of class
+    ``i`` is ``confusion[i, i] / confusion[i].sum()``; classes without examples are NaN and left
+    out of the mean and the minimum (as ``sklearn.metrics.balanced_accuracy_score``). Per-class
+    keys are written for the first ``max_classes`` classes (all when None).
+    """
+    cm = confusion.double()
+    support = cm.sum(1)
+    present = support > 0
+    recall = torch.where(present, cm.diagonal() / support.clamp_min(1), torch.full_like(support, float("nan")))
+    total = cm.sum()
+    nan = cm.new_tensor(float("nan"))
+    out = {
+        f"{prefix}/acc": cm.diagonal().sum() / total if total > 0 else nan,
+        f"{prefix}/balanced_acc": recall[present].mean() if present.any() else nan,
+        f"{prefix}/worst_class_acc": recall[present].min() if present.any() else nan,
+    }
+    limit = len(recall) if max_classes is None else min(max_classes, len(recall))
+    out.update({f"{prefix}/acc_class{k}": recall[k] for k in range(limit)})
+    return out
+
+
+class ClassifierModule(ZooModule):
+    """A :class:`zoo.hub.ZooModule` classifier with accuracy, balanced, worst-class and per-class accuracy.
+
+    Args:
+        num_classes: C, the number of logits ``forward`` returns.
+
+    Class attributes: ``class_metrics_limit`` (log ``acc_class{k}`` for at most this many
+    classes; ``None`` for all), ``prog_bar_metric`` (shown in the progress bar during validation).
+    """
+
+    class_metrics_limit: int | None = 100
+    prog_bar_metric: str = "acc"
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        # the first loader of each stage exists from the start (moved with the module); more are added on use
+        self.class_metrics = nn.ModuleDict({f"{stage}_0": MulticlassConfusionMatrix(self.num_classes) for stage in STAGES})
+
+    # ------------------------------------------------------------------------------ metrics
+    def _confusion(self, stage: str, dataloader_idx: int) -> MulticlassConfusionMatrix:
+        key = f"{stage}_{dataloader_idx}"
+        if key not in self.class_metrics:
+            self.class_metrics[key] = MulticlassConfusionMatrix(self.num_classes).to(self.device)
+        return self.class_metrics[key]  # type: ignore[return-value]
+
+    def update_metrics(self, stage: str, logits: Tensor, y: Tensor, dataloader_idx: int = 0) -> None:
+        """Add a batch of ``(N, C)`` logits (or probabilities) and ``(N,)`` labels to ``stage``'s metrics."""
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        self._confusion(stage, dataloader_idx).update(logits.detach(), y)
+
+    def compute_metrics(self, stage: str) -> dict[str, Tensor]:
+        """The epoch's metrics of every ``stage`` loader (synchronised across processes), then reset them."""
+        keys = sorted((k for k in self.class_metrics if k.startswith(f"{stage}_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+        several = len(keys) > 1
+        out: dict[str, Tensor] = {}
+        for key in keys:
+            metric = self.class_metrics[key]
+            if not metric.update_called:
+                continue
+            idx = key.rsplit("_", 1)[1]
+            values = classification_metrics(metric.compute(), stage, self.class_metrics_limit)
+            out.update({(f"{k}/dataloader_idx_{idx}" if several else k): v for k, v in values.items()})
+            metric.reset()
+        return out
+
+    def log_metrics(self, stage: str) -> None:
+        """Log :meth:`compute_metrics` (already reduced over processes: no ``sync_dist``)."""
+        for key, value in self.compute_metrics(stage).items():
+            bar = stage == "val" and key == f"val/{self.prog_bar_metric}"
+            self.log(key, value.float(), prog_bar=bar, add_dataloader_idx=False)
+
+    def eval_loss(self, logits: Tensor, y: Tensor) -> Tensor | None:
+        """The loss logged as ``{stage}/loss``: cross-entropy; return None to log none."""
+        return F.cross_entropy(logits, y)
+
+    # -------------------------------------------------------------------------------- steps
+    def _eval_step(self, batch: Any, stage: str, dataloader_idx: int) -> Tensor:
+        x, y = batch[0], batch[1]
+        logits = self(x)
+        self.update_metrics(stage, logits, y, dataloader_idx)
+        loss = self.eval_loss(logits, y)
+        if loss is not None:
+            self.log(f"{stage}/loss", loss, add_dataloader_idx=True)
+        return logits
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "val", dataloader_idx)
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "test", dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_metrics("test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """Class probabilities ``softmax(forward(x))``, shape ``(N, C)``; ``batch`` is ``x`` or ``(x, ...)``."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).softmax(-1)

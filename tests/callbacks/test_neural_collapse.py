@@ -15,9 +15,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from zoo.callbacks.neural_collapse import (
+from zoo.callbacks.neural_collapse import NeuralCollapseMonitor
+from zoo.neural_collapse import (
     NeuralCollapseMetrics,
-    NeuralCollapseMonitor,
     closed_form,
     closed_form_relative_norms,
     closed_form_x,

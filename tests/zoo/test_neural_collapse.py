@@ -12,10 +12,10 @@ import yaml
 from lightning.pytorch import Trainer, seed_everything
 
 import zoo
-from zoo.callbacks.neural_collapse import NeuralCollapseMonitor, closed_form
-from zoo.datamodules.ufm import UFMDataModule, ufm_labels
+from zoo.callbacks.neural_collapse import NeuralCollapseMonitor
 from zoo.cards import render_card
-from zoo.neural_collapse import DeepLinearHeadClassifier, DeepLinearUFM
+from zoo.datamodules.ufm import UFMDataModule, ufm_labels
+from zoo.neural_collapse import DeepLinearHeadClassifier, DeepLinearUFM, closed_form
 
 torch.set_num_threads(1)
 

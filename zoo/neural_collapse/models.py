@@ -1,4 +1,4 @@
-"""The deep linear unconstrained feature model (UFM) of neural collapse, and its closed form.
+"""The deep linear unconstrained feature model (UFM) of neural collapse and the real-network recipe.
 
 Paper: *Neural Collapse in Deep Linear Networks: From Balanced to Imbalanced Data*, Dang, Tran,
 Osher, Tran-The, Ho, Nguyen (ICML 2023), arXiv 2301.00437. Official code (reference only):
@@ -12,7 +12,7 @@ regularised MSE objective of its deep linear UFM (as in the official ``synthetic
 and proves (its imbalanced-data theorem, bias-free MSE case) that every global minimiser has
 collapsed features (NC1), orthogonal class means and orthogonal classifier rows whose lengths
 follow the class sizes ``n_k`` through ``x_k`` and ``s_k`` (see
-:func:`zoo.callbacks.neural_collapse.closed_form`), which is not the simplex ETF of the balanced
+:func:`zoo.neural_collapse.geometry.closed_form`), which is not the simplex ETF of the balanced
 with-bias case. This module trains that model with full-batch SGD (lr 0.1, momentum 0.9) and,
 at test time, logs the NC metrics for both geometries and the gap between the measured relative
 squared norms of the class means / classifier rows and the closed form.
@@ -35,15 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.callbacks.neural_collapse import (
-    NeuralCollapseMetrics,
-    class_means,
-    closed_form,
-    closed_form_relative_norms,
-    max_abs_cosine,
-    relative_sq_norms,
-)
 from zoo.hub import ZooModule
+from zoo.neural_collapse.geometry import closed_form, closed_form_relative_norms
+from zoo.neural_collapse.metrics import NeuralCollapseMetrics, class_means, max_abs_cosine, relative_sq_norms
 
 __all__ = ["DeepLinearHeadClassifier", "DeepLinearUFM"]
 
@@ -201,7 +195,7 @@ class DeepLinearUFM(ZooModule):
 class DeepLinearHeadClassifier(ZooModule):
     """A backbone, then ``depth_linear`` (bias-free) linear layers: the paper's real-network setting.
 
-    The features measured by :class:`zoo.callbacks.neural_collapse.NeuralCollapseMonitor` are the
+    The features measured by :class:`zoo.callbacks.NeuralCollapseMonitor` are the
     backbone's output (the input of ``head.0``) and ``W`` is the product of the head layers
     (``classifier: <depth_linear>`` in the monitor). With ``loss="mse"`` it trains the paper's
     objective with separate decays, as the official ``--sep_decay`` recipe does:

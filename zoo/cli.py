@@ -4,7 +4,7 @@
     zoo fit --model=AnyLossClassifier --data=SyntheticBinaryDataModule
     zoo list --markdown
     zoo publish --ckpt_path last.ckpt --local_dir hub/anyloss [--repo_id org/name --push]
-    zoo reproduce anyloss [--seeds 5]
+    zoo reproduce anyloss [--seeds 5] [--seed-offset 100]
 
 Bad input (an unknown entry, a missing config or checkpoint, a checkpoint of another class)
 ends with one line on stderr and exit code 2; a claim that was measured and did not hold
@@ -99,10 +99,12 @@ def _read_metrics(spec: str) -> dict[str, float]:
     return {str(k): float(v) for k, v in data.items()}
 
 
-def cmd_reproduce(name: str, seeds: int | None, out: str | None, threads: int) -> int:
+def cmd_reproduce(name: str, seeds: int | None, out: str | None, threads: int, seed_offset: int = 0) -> int:
+    """Train the claim's arms on its seeds (or 0..seeds-1), shifted by ``seed_offset``; write JSON and PNG."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from zoo.claim_plot import plot_claim
     from zoo.reproduce import load_claim, reproduce
 
     claim = load_claim(name)
@@ -116,13 +118,18 @@ def cmd_reproduce(name: str, seeds: int | None, out: str | None, threads: int) -
     ) as progress:
         task = progress.add_task("training arms x seeds", total=total)
         result = reproduce(
-            claim, threads=threads, on_run=lambda arm, seed: progress.update(task, advance=1, description=f"{arm} seed {seed}")
+            claim,
+            threads=threads,
+            seed_offset=seed_offset,
+            on_run=lambda arm, seed: progress.update(task, advance=1, description=f"{arm} seed {seed}"),
         )
     render_claim(result, console)
-    path = Path(out) if out else Path("runs") / "reproduce" / f"{claim.entry}.json"
+    stem = claim.entry + (f"-seed-offset-{seed_offset}" if seed_offset else "")
+    path = Path(out) if out else Path("runs") / "reproduce" / f"{stem}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(result.to_json())
-    console.print(f"written to {path} in {result.seconds:.0f} s")
+    picture = plot_claim(result, path.with_suffix(".png"))
+    console.print(f"written to {path} and {picture} in {result.seconds:.0f} s")
     return EXIT_OK if result.held else EXIT_CLAIM_FAILED
 
 
@@ -132,16 +139,18 @@ def render_claim(result: Any, console: Any) -> None:
 
     from zoo.reproduce import fmt, summary
 
-    values = Table(title=f"{result.entry}: measured (seeds {result.seeds})")
+    offset = f", offset {result.seed_offset}" if result.seed_offset else ""
+    values = Table(title=f"{result.entry}: measured (seeds {result.seeds}{offset})")
     values.add_column("arm")
     values.add_column("metric")
     for seed in result.seeds:
         values.add_column(f"seed {seed}", justify="right")
-    values.add_column("mean ± std", justify="right", style="bold")
+    values.add_column("mean ± std [95 % CI]", justify="right", style="bold")
     for arm, label in result.arms.items():
         for alias, per_seed in result.values[arm].items():
             values.add_row(f"{arm} ({label})" if label != arm else arm, alias, *map(fmt, per_seed), summary(per_seed))
     console.print(values)
+    console.print("std: sample standard deviation (ddof 1); CI: Student-t 95 % interval of the mean over seeds")
     checks = Table(title="claim conditions")
     for column in ("condition", "measured", "margin", "verdict", "paper"):
         checks.add_column(column)
@@ -189,7 +198,12 @@ def _zoo_parser() -> argparse.ArgumentParser:
     p_rep = sub.add_parser("reproduce", help="train method and baselines on the same seeds and check the paper's claim")
     p_rep.add_argument("name")
     p_rep.add_argument("--seeds", type=int, default=None, help="use seeds 0..N-1 instead of the claim's")
-    p_rep.add_argument("--out", default=None, help="where to write the JSON result (default runs/reproduce/NAME.json)")
+    p_rep.add_argument(
+        "--seed-offset", type=int, default=0, metavar="K", help="shift every seed by K (seeds 0..N-1 -> K..K+N-1): seeds nobody tuned on"
+    )
+    p_rep.add_argument(
+        "--out", default=None, help="JSON result path, the PNG beside it (default runs/reproduce/NAME.json, NAME-seed-offset-K.json)"
+    )
     p_rep.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for small models)")
     return parser
 
@@ -217,7 +231,7 @@ def _run(argv: list[str]) -> int:
     if ns.command == "publish":
         return cmd_publish(ns.ckpt_path, ns.local_dir, ns.repo_id, ns.push, ns.metrics)
     if ns.command == "reproduce":
-        return cmd_reproduce(ns.name, ns.seeds, ns.out, ns.threads)
+        return cmd_reproduce(ns.name, ns.seeds, ns.out, ns.threads, ns.seed_offset)
     raise _BadInput(f"unknown command {argv[0]!r}")  # pragma: no cover - argparse rejects it first
 
 

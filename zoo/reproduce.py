@@ -24,8 +24,13 @@ later arm of the same seed reads (MTARD's teacher arms save the teachers its stu
 An arm must log every metric a condition reads from it; the others it may leave out (NaN).
 
 A check is one comparison (``< <= > >=``) of two expressions built from ``arm.alias``,
-numbers, ``+ - * /`` and ``mean min max median std abs``. It is parsed with :mod:`ast` and
-evaluated by a whitelist, never by ``eval``. Every run is real training; nothing is stored.
+numbers, ``+ - * /`` and ``mean min max median std abs`` (``std`` is the sample standard
+deviation, ddof 1). It is parsed with :mod:`ast` and evaluated by a whitelist, never by ``eval``.
+Every run is real training; nothing is stored.
+
+``seed_offset=K`` (``zoo reproduce NAME --seed-offset K``) shifts every seed by ``K``, so anyone can
+check a claim on seeds its authors never tuned on. The result carries each metric's mean, sample
+standard deviation and 95 % Student-t interval of the mean, and the environment it ran in.
 """
 
 from __future__ import annotations
@@ -35,12 +40,17 @@ import json
 import logging
 import math
 import operator
+import os
+import platform
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +61,22 @@ import yaml
 from zoo.errors import ZooError
 from zoo.registry import Entry, get_entry
 
-__all__ = ["Claim", "Arm", "Condition", "ConditionResult", "ClaimResult", "load_claim", "reproduce", "evaluate_condition", "arm_args"]
+__all__ = [
+    "Claim",
+    "Arm",
+    "Condition",
+    "ConditionResult",
+    "ClaimResult",
+    "Interval",
+    "load_claim",
+    "reproduce",
+    "evaluate_condition",
+    "arm_args",
+    "sample_std",
+    "mean_interval",
+    "environment",
+    "summary",
+]
 
 CLAIM_FILE = "claim.yaml"
 _COMPARE: dict[type, tuple[str, Callable[[float, float], bool]]] = {
@@ -61,12 +86,21 @@ _COMPARE: dict[type, tuple[str, Callable[[float, float], bool]]] = {
     ast.GtE: (">=", operator.ge),
 }
 _ARITH: dict[type, Callable[[Any, Any], Any]] = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.divide}
+CONFIDENCE = 0.95
+
+
+def sample_std(values: Any) -> float:
+    """Sample standard deviation (ddof 1) over seeds; NaN for fewer than two values (no spread to estimate)."""
+    arr = np.asarray(values, dtype=float).ravel()
+    return float(np.std(arr, ddof=1)) if arr.size > 1 else float("nan")
+
+
 _FUNCS: dict[str, Callable[[Any], Any]] = {
     "mean": np.mean,
     "min": np.min,
     "max": np.max,
     "median": np.median,
-    "std": np.std,
+    "std": sample_std,
     "abs": np.abs,
 }
 
@@ -122,9 +156,16 @@ class Claim:
         return {alias for cond in self.conditions for name, alias in cond.references() if name == arm}
 
     def with_seeds(self, n: int) -> Claim:
+        """The claim on seeds ``0..n-1`` instead of its own."""
         if n < 1:
             raise ClaimError(f"--seeds must be at least 1, got {n}")
         return Claim(**{**self.__dict__, "seeds": tuple(range(n))})
+
+    def with_seed_offset(self, offset: int) -> Claim:
+        """The claim on its seeds shifted by ``offset`` (``[0..N-1]`` -> ``[K..K+N-1]``): seeds nobody tuned on."""
+        if offset < 0:
+            raise ClaimError(f"--seed-offset must be >= 0, got {offset}")
+        return Claim(**{**self.__dict__, "seeds": tuple(s + offset for s in self.seeds)})
 
 
 def load_claim(entry: Entry | str) -> Claim:
@@ -134,14 +175,24 @@ def load_claim(entry: Entry | str) -> Claim:
     if not path.is_file():
         raise ClaimError(f"entry {entry.name!r} has no claim: {path} not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text())  # safe_load: a !!python tag is an error, never an object
     except yaml.YAMLError as err:
-        raise ClaimError(f"{path}: not valid YAML ({err})") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ClaimError(f"{path}: not valid YAML ({getattr(err, 'problem', None) or type(err).__name__}{where})") from None
     if not isinstance(raw, dict):
         raise ClaimError(f"{path}: expected a mapping")
     missing = {"claim", "seeds", "metrics", "arms", "conditions"} - set(raw)
     if missing:
         raise ClaimError(f"{path}: missing {sorted(missing)}")
+    seeds_ok = isinstance(raw["seeds"], int) or (isinstance(raw["seeds"], list) and all(isinstance(s, int) for s in raw["seeds"]))
+    if not seeds_ok:
+        raise ClaimError(f"{path}: seeds must be a count or a list of integers, not {raw['seeds']!r}")
+    for key in ("metrics", "arms"):
+        if not isinstance(raw[key], dict):
+            raise ClaimError(f"{path}: {key} must be a mapping, not a {type(raw[key]).__name__}")
+    if not isinstance(raw["conditions"], list) or not all(isinstance(c, str) or (isinstance(c, dict) and "check" in c) for c in raw["conditions"]):
+        raise ClaimError(f"{path}: conditions must be a list of checks (strings, or mappings with a 'check')")
     seeds = tuple(range(raw["seeds"])) if isinstance(raw["seeds"], int) else tuple(int(s) for s in raw["seeds"])
     arms = {name: _arm(name, spec, entry.card_dir, path) for name, spec in dict(raw["arms"]).items()}
     conditions = tuple(
@@ -165,14 +216,21 @@ def load_claim(entry: Entry | str) -> Claim:
                 raise ClaimError(f"{path}: condition {cond.check!r} names arm {arm!r}; arms are {sorted(arms)}")
             if alias not in claim.metrics:
                 raise ClaimError(f"{path}: condition {cond.check!r} names metric {alias!r}; metrics are {sorted(claim.metrics)}")
+        left, _, right = cond.parsed()
+        for side in (left, right):  # the whitelist walked now on zeros, not after every arm has trained
+            _evaluate(side, lambda arm, alias: np.zeros(len(seeds)))
     return claim
 
 
 def _arm(name: str, spec: Any, card_dir: Path, path: Path) -> Arm:
-    if not name.isidentifier():
+    if not isinstance(name, str) or not name.isidentifier():
         raise ClaimError(f"{path}: arm name {name!r} must be an identifier (letters, digits, _)")
-    spec = {"config": spec} if isinstance(spec, str) else dict(spec)
+    spec = {"config": spec} if isinstance(spec, str) else spec
+    if not isinstance(spec, dict) or "config" not in spec:
+        raise ClaimError(f"{path}: arm {name!r} needs a config (a LightningCLI YAML in the card folder)")
     config = card_dir / str(spec["config"])
+    if not config.resolve().is_relative_to(card_dir.resolve()):
+        raise ClaimError(f"{path}: arm {name!r} config {spec['config']} is outside the card folder")
     if not config.is_file():
         raise ClaimError(f"{path}: arm {name!r} config {config} not found")
     return Arm(name, config, str(spec.get("label", name)), tuple(str(a) for a in spec.get("args", ())))
@@ -240,6 +298,97 @@ def evaluate_condition(cond: Condition, values: dict[str, dict[str, list[float]]
     )
 
 
+# ----------------------------------------------------------------------------- statistics
+@dataclass(frozen=True)
+class Interval:
+    """Mean, sample std (ddof 1) and the Student-t confidence interval of the mean over ``n`` seeds."""
+
+    mean: float
+    std: float
+    lo: float
+    hi: float
+    n: int
+
+    def __str__(self) -> str:
+        if self.n == 0:
+            return "nan"
+        if self.n == 1:
+            return f"{self.mean:.4g}"
+        return f"{self.mean:.4g} ± {self.std:.2g} [{self.lo:.4g}, {self.hi:.4g}]"
+
+
+def mean_interval(values: Any, confidence: float = CONFIDENCE) -> Interval:
+    """``mean ± t_{(1+c)/2, n-1} * s / sqrt(n)`` over the finite values (NaN = not logged); no interval below n = 2."""
+    from scipy import stats
+
+    arr = np.asarray(values, dtype=float).ravel()
+    arr = arr[np.isfinite(arr)]
+    n = int(arr.size)
+    if n == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), float("nan"), 0)
+    mean, std = float(arr.mean()), sample_std(arr)
+    if n == 1:
+        return Interval(mean, std, float("nan"), float("nan"), 1)
+    half = float(stats.t.ppf((1 + confidence) / 2, df=n - 1)) * std / math.sqrt(n)
+    return Interval(mean, std, mean - half, mean + half, n)
+
+
+def summary(values: list[float]) -> str:
+    """``mean ± std [lo, hi]`` of a metric over seeds (sample std, 95 % t-interval of the mean)."""
+    return str(mean_interval(values))
+
+
+def fmt(x: float) -> str:
+    return "nan" if math.isnan(x) else f"{x:.4g}"
+
+
+# ---------------------------------------------------------------------------- environment
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment() -> dict[str, Any]:
+    """What a rerun needs to compare against: package versions, CPU, torch threads, platform, date (UTC)."""
+    import lightning
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        zoo_version = version("balance-zoo")
+    except PackageNotFoundError:
+        zoo_version = None
+    return {
+        "zoo": zoo_version,
+        "git_commit": _git_commit(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+        "executable": sys.executable,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 # ------------------------------------------------------------------------------- training
 @dataclass
 class ClaimResult:
@@ -251,15 +400,23 @@ class ClaimResult:
     values: dict[str, dict[str, list[float]]]  # arm -> alias -> per-seed values
     conditions: list[ConditionResult]
     seconds: float
-    torch_version: str = field(default_factory=lambda: torch.__version__)
+    seed_offset: int = 0
+    metrics: dict[str, str] = field(default_factory=dict)  # alias -> logged key
+    environment: dict[str, Any] = field(default_factory=dict)
 
     @property
     def held(self) -> bool:
         return all(c.held for c in self.conditions)
 
+    def stats(self) -> dict[str, dict[str, Interval]]:
+        """Per arm and metric: mean, sample std and 95 % t-interval over seeds."""
+        return {arm: {alias: mean_interval(v) for alias, v in per_metric.items()} for arm, per_metric in self.values.items()}
+
     def to_json(self) -> str:
         data = asdict(self)
         data["held"] = self.held
+        data["confidence"] = CONFIDENCE
+        data["stats"] = {arm: {alias: asdict(iv) for alias, iv in m.items()} for arm, m in self.stats().items()}
         return json.dumps(data, indent=2, allow_nan=True)
 
 
@@ -324,8 +481,11 @@ def reproduce(
     *,
     threads: int | None = 1,
     on_run: Callable[[str, int], None] | None = None,
+    seed_offset: int = 0,
 ) -> ClaimResult:
-    """Train every arm on every seed and evaluate the claim's conditions."""
+    """Train every arm on every seed (shifted by ``seed_offset``) and evaluate the claim's conditions."""
+    if seed_offset:
+        claim = claim.with_seed_offset(seed_offset)
     if threads:
         torch.set_num_threads(threads)
     values: dict[str, dict[str, list[float]]] = {a: {m: [] for m in claim.metrics} for a in claim.arms}
@@ -347,14 +507,7 @@ def reproduce(
         values=values,
         conditions=results,
         seconds=time.perf_counter() - start,
+        seed_offset=seed_offset,
+        metrics=dict(claim.metrics),
+        environment=environment(),
     )
-
-
-def summary(values: list[float]) -> str:
-    """``mean ± std`` of a metric over seeds."""
-    arr = np.asarray(values, dtype=float)
-    return f"{arr.mean():.4g} ± {arr.std():.2g}" if len(arr) > 1 else f"{arr.mean():.4g}"
-
-
-def fmt(x: float) -> str:
-    return "nan" if math.isnan(x) else f"{x:.4g}"

@@ -8,11 +8,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from zoo import cli
 import zoo.registry
-from zoo.reproduce import Arm, Claim, ClaimError, Condition, arm_args, evaluate_condition, load_claim
+from zoo.claim_plot import draw_claim, plot_data
+from zoo.reproduce import (
+    Arm,
+    Claim,
+    ClaimError,
+    ClaimResult,
+    Condition,
+    arm_args,
+    evaluate_condition,
+    load_claim,
+    mean_interval,
+    sample_std,
+    summary,
+)
 
 VALUES = {
     "method": {"f1": [0.50, 0.60, 0.40], "acc": [0.9, 0.9, 0.9]},
@@ -36,8 +50,10 @@ def test_each_seed_condition_is_paired_and_reports_worst_seed() -> None:
 
 
 def test_less_than_margin_sign_and_functions() -> None:
-    r = evaluate_condition(Condition("std(base.acc) < 2 * std(method.acc) + 0.1"), VALUES)
-    assert r.held and r.margin == pytest.approx(0.1 - np.std([0.8, 0.9, 1.0]))
+    # std is the sample std (ddof 1): std([0.8, 0.9, 1.0]) = sqrt((0.01 + 0 + 0.01) / 2) = 0.1, std(method.acc) = 0
+    r = evaluate_condition(Condition("std(base.acc) < 2 * std(method.acc) + 0.15"), VALUES)
+    assert r.held and r.lhs == pytest.approx(0.1) and r.margin == pytest.approx(0.05)
+    assert not evaluate_condition(Condition("std(base.acc) < 0.09"), VALUES).held  # ddof 0 (0.0816) would pass
     assert evaluate_condition(Condition("min(method.f1) <= max(base.f1) - 0.1"), VALUES).held
     assert evaluate_condition(Condition("abs(method.f1 - base.f1) < 0.3", each_seed=True), VALUES).held
 
@@ -46,6 +62,24 @@ def test_each_seed_against_a_constant() -> None:
     r = evaluate_condition(Condition("method.f1 > 0.45", each_seed=True), VALUES)
     assert not r.held and r.lhs == pytest.approx(0.40) and r.rhs == 0.45 and r.margin == pytest.approx(-0.05)
     assert evaluate_condition(Condition("0.3 < method.f1", each_seed=True), VALUES).held
+
+
+def test_sample_std_and_t_interval_against_hand_computed_values() -> None:
+    # [1, 2, 3]: mean 2, s = 1, t_{0.975, 2} = 4.302653 (t table), half-width 4.302653 / sqrt(3) = 2.484138
+    iv = mean_interval([1.0, 2.0, 3.0])
+    assert (iv.mean, iv.std, iv.n) == (2.0, 1.0, 3)
+    assert iv.lo == pytest.approx(2 - 2.484138, abs=1e-6) and iv.hi == pytest.approx(2 + 2.484138, abs=1e-6)
+    assert summary([1.0, 2.0, 3.0]) == "2 ± 1 [-0.4841, 4.484]"
+    # [0.5, 0.7]: s = 0.141421, t_{0.975, 1} = 12.706205, half-width 12.706205 * 0.141421 / sqrt(2) = 1.270620
+    iv = mean_interval([0.5, 0.7])
+    assert iv.std == pytest.approx(0.1414214, abs=1e-7) and iv.hi - iv.mean == pytest.approx(1.2706205, abs=1e-6)
+    # five seeds: t_{0.975, 4} = 2.776445; values 10..14 have s = sqrt(2.5)
+    iv = mean_interval([10.0, 11.0, 12.0, 13.0, 14.0])
+    assert iv.hi - iv.mean == pytest.approx(2.776445 * math.sqrt(2.5) / math.sqrt(5), abs=1e-5)
+    assert sample_std([0.8, 0.9, 1.0]) == pytest.approx(0.1) and math.isnan(sample_std([3.0]))
+    one = mean_interval([0.25, float("nan")])  # a NaN (not logged) is left out; one value has no spread
+    assert one.n == 1 and one.mean == 0.25 and math.isnan(one.lo) and str(one) == "0.25"
+    assert str(mean_interval([float("nan")])) == "nan"
 
 
 def test_nan_never_holds() -> None:
@@ -155,3 +189,98 @@ def test_metrics_no_condition_reads_from_an_arm_may_be_missing(cards: Path, tmp_
     write_card(cards, ["method.acc >= 0", "base.extra >= 0"], metrics=metrics)
     assert cli.main(["reproduce", "anyloss", "--seeds", "1", "--out", str(tmp_path / "bad.json")]) == 2
     assert "arm 'base' did not log ['test/not_logged']" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ seed offset
+def test_seed_offset_shifts_range_and_list_seeds(cards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_card(cards, ["method.acc >= 0"])
+    claim = load_claim("anyloss")
+    assert claim.seeds == (0, 1) and claim.with_seed_offset(100).seeds == (100, 101)
+    assert claim.with_seeds(3).with_seed_offset(7).seeds == (7, 8, 9)
+    listed = Claim(**{**claim.__dict__, "seeds": (3, 7)})
+    assert listed.with_seed_offset(100).seeds == (103, 107)
+    with pytest.raises(ClaimError, match="seed-offset"):
+        claim.with_seed_offset(-1)
+
+    trained: list[tuple[str, int]] = []
+
+    def fake_train(arm: Arm, seed: int, claim: Claim, root: Path) -> dict[str, float]:
+        trained.append((arm.name, seed))
+        assert f"--seed_everything={seed}" in arm_args(arm, seed, claim, root)
+        return {"f1": seed / 1000, "acc": 1.0}
+
+    monkeypatch.setattr(zoo.reproduce, "train_arm", fake_train)
+    result = zoo.reproduce.reproduce(claim, seed_offset=100)
+    assert sorted(trained) == [("base", 100), ("base", 101), ("method", 100), ("method", 101)]
+    assert [seed for _, seed in trained] == [100, 100, 101, 101]  # seed by seed, every arm
+    assert result.seeds == [100, 101] and result.seed_offset == 100 and result.values["method"]["f1"] == [0.1, 0.101]
+
+
+def test_cli_seed_offset_writes_json_with_environment_and_a_png(cards: Path, tmp_path: Path) -> None:
+    write_card(cards, ["method.acc >= 0", {"check": "method.f1 >= base.f1 - 1", "each_seed": True}])
+    out = tmp_path / "offset.json"
+    assert cli.main(["reproduce", "anyloss", "--seeds", "2", "--seed-offset", "100", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["seeds"] == [100, 101] and data["seed_offset"] == 100
+    env = data["environment"]
+    assert {"zoo", "torch", "lightning", "python", "cpu", "torch_threads", "platform", "date"} <= set(env)
+    assert env["torch"] == torch.__version__ and env["torch_threads"] == 1 and env["cpu"]
+    f1 = data["values"]["method"]["f1"]
+    stats = data["stats"]["method"]["f1"]
+    assert stats["mean"] == pytest.approx(np.mean(f1)) and stats["std"] == pytest.approx(np.std(f1, ddof=1))
+    assert stats["hi"] - stats["mean"] == pytest.approx(12.7062047 * np.std(f1, ddof=1) / math.sqrt(2), rel=1e-6)
+    picture = out.with_suffix(".png")
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli.main(["reproduce", "anyloss", "--seed-offset", "-1"]) == 2
+
+
+# ------------------------------------------------------------------------------ picture
+def _result(conditions: list[Condition]) -> ClaimResult:
+    return ClaimResult(
+        "anyloss", "test claim", "paper", [0, 1, 2], {"method": "M", "base": "B"}, VALUES,
+        [evaluate_condition(c, VALUES) for c in conditions], 1.0, metrics={"f1": "test/f1", "acc": "test/acc"},
+    )
+
+
+def test_plot_data_thresholds_are_where_the_conditions_put_them() -> None:
+    result = _result([
+        Condition("method.f1 > base.f1 + 0.1"),  # line at mean(base.f1) + 0.1 = 0.53333 over method
+        Condition("method.acc * 2 < base.acc + 1", each_seed=True),  # per seed: (base.acc + 1) / 2 over method
+        Condition("0.25 < base.f1", each_seed=True),  # right side isolated: 0.25 over base
+        Condition("abs(method.f1 - base.f1) < 0.3", each_seed=True),  # two metrics on one side: no line
+        Condition("max(base.acc) - 0.5 <= method.acc"),  # left isolated: max(base.acc) <= mean(method.acc) + 0.5
+    ])
+    panels = {p.metric: p for p in plot_data(result)}
+    assert list(panels) == ["f1", "acc"] and panels["f1"].key == "test/f1"
+    f1 = panels["f1"]
+    assert [(a.arm, a.values) for a in f1.arms] == [("method", VALUES["method"]["f1"]), ("base", VALUES["base"]["f1"])]
+    assert f1.arms[0].interval.mean == pytest.approx(0.5) and f1.arms[0].interval.std == pytest.approx(0.1)
+    lines = {t.index: t for t in f1.thresholds}
+    assert set(lines) == {1, 3}
+    assert lines[1].arm == "method" and lines[1].values == [pytest.approx((0.3 + 0.55 + 0.45) / 3 + 0.1)] and not lines[1].held
+    assert lines[3].arm == "base" and lines[3].values == [pytest.approx(0.25)] and lines[3].each_seed and lines[3].held
+    assert [c[0] for c in f1.conditions] == [1, 3, 4]
+    acc = {t.index: t for t in panels["acc"].thresholds}
+    assert acc[2].arm == "method" and acc[2].values == pytest.approx([0.9, 0.95, 1.0]) and not acc[2].held  # seed 0: 1.8 < 1.8
+    assert acc[5].arm == "base" and acc[5].values == [pytest.approx(1.4)] and acc[5].held
+
+
+def test_drawn_points_and_means_equal_the_result_values() -> None:
+    result = _result([Condition("method.f1 > base.f1 + 0.1"), Condition("base.acc <= 1", each_seed=True)])
+    fig = draw_claim(result)
+    seen = set()
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        metric = ax.get_title(loc="left").split()[0]
+        for artist in ax.get_children():
+            gid = artist.get_gid() or ""
+            if gid.startswith("seeds:"):
+                arm = gid.split(":")[1]
+                assert list(artist.get_offsets()[:, 1]) == pytest.approx(VALUES[arm][metric])
+                seen.add((arm, metric))
+            if gid.startswith("threshold:1:"):
+                (segment,) = artist.get_segments()
+                assert segment[0][1] == pytest.approx(np.mean(VALUES["base"]["f1"]) + 0.1)
+    assert seen == {("method", "f1"), ("base", "f1"), ("method", "acc"), ("base", "acc")}
+    assert "did NOT hold" in fig._suptitle.get_text()

@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> float:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.manual_seed(0)
     mlp = args.student == "mlp"
-    arch = {"arch": args.student, "cifar_stem": not mlp, "hidden_dims": [64]}
-    teacher_arch = {"arch": args.teacher or args.student, "cifar_stem": not mlp, "hidden_dims": [256, 256]}
+    arch = {"backbone": args.student, "cifar_stem": not mlp, "hidden_dims": [64]}
+    teacher_arch = {"backbone": args.teacher or args.student, "cifar_stem": not mlp, "hidden_dims": [256, 256]}
     attack = {"epsilon": 8 / 255, "attack_step_size": 2 / 255, "attack_steps": args.steps}
     shape = (args.batch, 64) if mlp else (args.batch, 3, 32, 32)
     x, y = torch.rand(*shape, device=args.device), torch.randint(0, 10, (args.batch,), device=args.device)
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> float:
     ratio = m / p
     where = f"{args.device}, {args.threads} threads" if args.device == "cpu" else args.device
     shape_txt = "64 features" if mlp else "3x32x32"
-    print(f"student {args.student}, teachers {teacher_arch['arch']}, batch {args.batch} ({shape_txt}), PGD-{args.steps}, {where}, median of {args.repeats}")
+    print(f"student {args.student}, teachers {teacher_arch['backbone']}, batch {args.batch} ({shape_txt}), PGD-{args.steps}, {where}, median of {args.repeats}")
     print(f"MTARD step: {m * 1e3:.1f} ms   PGD-AT step: {p * 1e3:.1f} ms")
     print(f"ratio MTARD / PGD-AT: {ratio:.3f} (target <= 1.4)")
     return ratio

@@ -54,20 +54,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from zoo.hub import ZooModule
 from zoo.hub import load as zoo_load
 from zoo.nn.attacks import PGD
+from zoo.nn.backbones import build_backbone
+from zoo.templates import ClassifierModule
 
 __all__ = [
     "MTARD",
     "TeacherClassifier",
-    "SavePretrained",
-    "build_classifier",
     "soft_labels",
     "kd_loss",
     "teacher_entropy",
@@ -147,39 +146,7 @@ def loss_balance_update(
     return w_adv / total, w_nat / total
 
 
-# ------------------------------------------------------------------------------------ networks
-def build_classifier(
-    arch: str = "mlp",
-    num_classes: int = 10,
-    input_dim: int = 64,
-    hidden_dims: list[int] | None = None,
-    in_chans: int = 3,
-    cifar_stem: bool = False,
-) -> nn.Module:
-    """``mlp`` (flatten, ``hidden_dims`` ReLU layers, linear head) or any timm model name.
-
-    ``cifar_stem`` gives a timm ResNet the CIFAR stem (3x3 stride-1 first convolution, no max-pool)
-    that the paper's ResNet-18 and WideResNet students and teachers use on 32x32 images.
-    """
-    if arch == "mlp":
-        dims = [input_dim, *(hidden_dims or [])]
-        layers: list[nn.Module] = [nn.Flatten()]
-        for d_in, d_out in zip(dims[:-1], dims[1:]):
-            layers += [nn.Linear(d_in, d_out), nn.ReLU()]
-        layers.append(nn.Linear(dims[-1], num_classes))
-        return nn.Sequential(*layers)
-    import timm
-
-    model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
-    if cifar_stem:
-        conv = getattr(model, "conv1", None)
-        if not isinstance(conv, nn.Conv2d) or not hasattr(model, "maxpool"):
-            raise ValueError(f"cifar_stem needs a timm ResNet-style model (conv1 + maxpool); {arch!r} has none")
-        model.conv1 = nn.Conv2d(in_chans, conv.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
-        model.maxpool = nn.Identity()
-    return model
-
-
+# ------------------------------------------------------------------------------------ modules
 def _optimizers(module: LightningModule, params: Any) -> Any:
     hp = module.hparams
     if hp["optimizer"] == "sgd":
@@ -197,41 +164,17 @@ def _check_optimizer(optimizer: str) -> None:
         raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
 
 
-class _Classifier(ZooModule):
-    """Shared evaluation: clean accuracy on val/test, predictions; ``self.net`` is the classifier."""
-
-    net: nn.Module
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
-        x, y = batch
-        logits = self(x)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, y))
-        self.log(f"{stage}/acc", (logits.argmax(-1) == y).float().mean(), prog_bar=stage == "val")
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return F.softmax(self(x), dim=-1)
-
-
-class TeacherClassifier(_Classifier):
+class TeacherClassifier(ClassifierModule):
     """A classifier trained naturally (a clean teacher) or with PGD-AT (a robust teacher).
 
     MTARD's teachers in the embedded claim and, with a small network, its PGD-AT baseline
     (Madry et al. 2018: cross-entropy on PGD examples started uniformly in the ε-ball, generated
-    with the model in eval mode). Save it with :class:`SavePretrained` (or ``zoo publish``) and pass
-    the folder to :class:`MTARD` as ``clean_teacher`` or ``robust_teacher``.
+    with the model in eval mode). Save it with :class:`zoo.callbacks.SavePretrained` (or ``zoo publish``)
+    and pass the folder to :class:`MTARD` as ``clean_teacher`` or ``robust_teacher``.
 
     Args:
-        arch / num_classes / input_dim / hidden_dims / in_chans / cifar_stem: see :func:`build_classifier`.
+        backbone / num_classes / input_dim / hidden_dims / in_chans / cifar_stem: see
+            :func:`zoo.nn.backbones.build_backbone` (default: an MLP 64-256-256-10).
         adversarial: PGD-AT instead of natural training.
         epsilon / attack_step_size / attack_steps: the L-inf PGD of PGD-AT (pixels in [0, 1]).
         optimizer (``sgd`` | ``adam``) / lr / momentum / weight_decay / milestones / gamma: training.
@@ -239,7 +182,7 @@ class TeacherClassifier(_Classifier):
 
     def __init__(
         self,
-        arch: str = "mlp",
+        backbone: str = "mlp",
         num_classes: int = 10,
         input_dim: int = 64,
         hidden_dims: list[int] | None = None,
@@ -256,11 +199,14 @@ class TeacherClassifier(_Classifier):
         milestones: list[int] | None = None,
         gamma: float = 0.1,
     ) -> None:
-        super().__init__()
+        super().__init__(num_classes)
         _check_optimizer(optimizer)
         self.save_hyperparameters()
         hidden = [256, 256] if hidden_dims is None else hidden_dims
-        self.net = build_classifier(arch, num_classes, input_dim, hidden, in_chans, cifar_stem)
+        self.net = build_backbone(backbone, num_classes, input_dim=input_dim, hidden_dims=hidden, in_chans=in_chans, cifar_stem=cifar_stem)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
 
     @property
     def attack(self) -> PGD:
@@ -281,36 +227,16 @@ class TeacherClassifier(_Classifier):
         return _optimizers(self, self.net.parameters())
 
 
-class SavePretrained(Callback):
-    """At the end of ``fit``, ``save_pretrained(dirpath)`` the ZooModule (rank 0 only).
-
-    The claim's teacher arms save themselves with it, so the student arms can load them by path.
-    """
-
-    def __init__(self, dirpath: str) -> None:
-        self.dirpath = dirpath
-
-    @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if not isinstance(pl_module, ZooModule):
-            raise TypeError(f"SavePretrained needs a ZooModule (save_pretrained), got {type(pl_module).__qualname__}")
-
-    @override
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.is_global_zero:
-            pl_module.save_pretrained(self.dirpath)  # type: ignore[operator]
-
-
 # ------------------------------------------------------------------------------------- MTARD
-class MTARD(_Classifier):
+class MTARD(ClassifierModule):
     """A student distilled from a clean and a robust teacher with B-MTARD's two balances.
 
     Args:
         clean_teacher / robust_teacher: hub folder or Hub repo id of each teacher (any ZooModule
             whose ``forward`` gives logits), loaded with :func:`zoo.load` at the start of ``fit``;
             ``None`` lets the labels stand in (see the module docstring).
-        arch / num_classes / input_dim / hidden_dims / in_chans / cifar_stem: the student
-            (:func:`build_classifier`); defaults: the embedded digits MLP 64-64-10.
+        backbone / num_classes / input_dim / hidden_dims / in_chans / cifar_stem: the student
+            (:func:`zoo.nn.backbones.build_backbone`); defaults: the embedded digits MLP 64-64-10.
         epsilon / attack_step_size / attack_steps / attack_init_std: the student-driven L-inf PGD
             (official: 8/255, 2/255, 10, Gaussian start with std 0.001).
         use_entropy_balance / temp_init / temp_min / temp_max / temp_lr: Entropy-Based Balance;
@@ -328,7 +254,7 @@ class MTARD(_Classifier):
         self,
         clean_teacher: str | None = None,
         robust_teacher: str | None = None,
-        arch: str = "mlp",
+        backbone: str = "mlp",
         num_classes: int = 10,
         input_dim: int = 64,
         hidden_dims: list[int] | None = None,
@@ -353,7 +279,7 @@ class MTARD(_Classifier):
         milestones: list[int] | None = None,
         gamma: float = 0.1,
     ) -> None:
-        super().__init__()
+        super().__init__(num_classes)
         _check_optimizer(optimizer)
         if not 0 < temp_min <= temp_init <= temp_max:
             raise ValueError(f"need 0 < temp_min <= temp_init <= temp_max, got {temp_min}, {temp_init}, {temp_max}")
@@ -366,7 +292,7 @@ class MTARD(_Classifier):
                 raise ValueError(f"{role}_teacher must be a hub folder or repo id (a non-empty string) or None, got {source!r}")
         self.save_hyperparameters()
         hidden = [64] if hidden_dims is None else hidden_dims
-        self.student = build_classifier(arch, num_classes, input_dim, hidden, in_chans, cifar_stem)
+        self.student = build_backbone(backbone, num_classes, input_dim=input_dim, hidden_dims=hidden, in_chans=in_chans, cifar_stem=cifar_stem)
         self.teachers = nn.ModuleDict()  # filled by load_teachers() at the start of fit
         # the controllers, checkpointed and published with the student (its final balance state)
         self.register_buffer("tau_adv", torch.tensor(float(temp_init), dtype=torch.float64))
@@ -378,9 +304,9 @@ class MTARD(_Classifier):
         self.register_buffer("init_loss_nat", torch.tensor(float("nan"), dtype=torch.float64))
         self._epoch_stats: dict[str, float] = {}
 
-    @property
-    def net(self) -> nn.Module:  # type: ignore[override]
-        return self.student
+    def forward(self, x: Tensor) -> Tensor:
+        """The student's logits (teachers are used only in training)."""
+        return self.student(x)
 
     @property
     def attack(self) -> PGD:
@@ -406,7 +332,7 @@ class MTARD(_Classifier):
             except FileNotFoundError as err:
                 raise FileNotFoundError(
                     f"MTARD {role}_teacher {source!r} could not be loaded ({err}); train it first, e.g. "
-                    f"zoo fit --config cards/mtard/teacher.yaml (it saves itself with SavePretrained), or pass a Hub repo id"
+                    f"zoo fit --config cards/mtard/teacher.yaml (it saves itself with zoo.callbacks.SavePretrained), or pass a Hub repo id"
                 ) from None
             self.teachers[role] = teacher.requires_grad_(False).eval().to(self.device)
 

@@ -42,9 +42,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
 
-from zoo.hub import ZooModule
+from zoo.nn.backbones import build_backbone
+from zoo.templates import ClassifierModule
 
 __all__ = [
     "SinkGD",
@@ -207,22 +207,24 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 
 # -------------------------------------------------------------------------------- the module
-class SinkGDClassifier(ZooModule):
+class SinkGDClassifier(ClassifierModule):
     """A classifier trained with SinkGD or the paper's baselines Adam / AdamW.
 
     Args:
         input_dim: features of a flat input (MLP mode).
-        hidden_dims: MLP hidden widths (default ``[256, 256]``, the brief's 64-256-256-10).
+        hidden_dims: MLP hidden widths (default ``[256, 256]``: the 64-256-256-10 MLP of the card).
         num_classes: output classes.
-        backbone: a timm model name (e.g. ``"resnet18"``); replaces the MLP when set.
-        in_chans: image channels for the timm backbone.
+        backbone: ``mlp`` or a timm model name (e.g. ``"resnet18"``), see
+            :func:`zoo.nn.backbones.build_backbone`.
+        in_chans: image channels for a timm backbone.
         optimizer: ``sinkgd | adam | adamw``.
         lr: learning rate of the chosen optimizer.
         sinkhorn_iters: ``L`` for SinkGD.
         weight_decay: passed to the optimizer (SinkGD: decoupled; 0 keeps it the paper's).
         fallback: SinkGD's rule for non-matrix parameters (``rms`` or ``sgd``).
 
-    Logs ``optimizer_state_bytes`` (bytes of tensors in the optimizer's state) every epoch.
+    Logs ``optimizer_state_bytes`` (bytes of tensors in the optimizer's state) every epoch, and
+    :class:`zoo.templates.ClassifierModule`'s val/test accuracies.
     """
 
     def __init__(
@@ -230,7 +232,7 @@ class SinkGDClassifier(ZooModule):
         input_dim: int = 64,
         hidden_dims: list[int] | None = None,
         num_classes: int = 10,
-        backbone: str | None = None,
+        backbone: str = "mlp",
         in_chans: int = 3,
         optimizer: str = "sinkgd",
         lr: float = 1e-3,
@@ -238,24 +240,15 @@ class SinkGDClassifier(ZooModule):
         weight_decay: float = 0.0,
         fallback: str = "rms",
     ) -> None:
-        super().__init__()
+        super().__init__(num_classes)
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
         if fallback not in FALLBACKS:
             raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
         self.save_hyperparameters()
-        if backbone is not None:
-            import timm
-
-            self.net = timm.create_model(backbone, pretrained=False, num_classes=num_classes, in_chans=in_chans)
-        else:
-            dims = [input_dim, *(hidden_dims if hidden_dims is not None else [256, 256])]
-            layers: list[nn.Module] = []
-            for d_in, d_out in zip(dims[:-1], dims[1:]):
-                layers += [nn.Linear(d_in, d_out), nn.ReLU()]
-            layers.append(nn.Linear(dims[-1], num_classes))
-            self.net = nn.Sequential(*layers)
-        self.accuracy = nn.ModuleDict({s: MulticlassAccuracy(num_classes, average="micro") for s in ("val", "test")})
+        hidden = [256, 256] if hidden_dims is None else hidden_dims
+        # backbone=None: configs written before the shared builder meant the MLP
+        self.net = build_backbone(backbone or "mlp", num_classes, input_dim=input_dim, hidden_dims=hidden, in_chans=in_chans, flatten=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -269,30 +262,6 @@ class SinkGDClassifier(ZooModule):
     def on_train_epoch_end(self) -> None:
         optimizers = self.trainer.optimizers if self._trainer is not None else []
         self.log("optimizer_state_bytes", float(sum(optimizer_state_bytes(o) for o in optimizers)))
-
-    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
-        x, y = batch
-        logits = self(x)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, y))
-        self.accuracy[stage].update(logits, y)
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self.log("val/acc", self.accuracy["val"].compute(), prog_bar=True)
-        self.accuracy["val"].reset()
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self.log("test/acc", self.accuracy["test"].compute())
-        self.accuracy["test"].reset()
-
-    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(x).softmax(-1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams

@@ -77,10 +77,10 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
 
-from zoo.hub import ZooModule
 from zoo.nn.attacks import PGD
+from zoo.nn.backbones import build_backbone, feature_dim
+from zoo.templates import ClassifierModule
 
 __all__ = [
     "SRATModule",
@@ -260,7 +260,7 @@ class _CosineHead(nn.Module):
 
 
 # ------------------------------------------------------------------------------- the module
-class SRATModule(ZooModule):
+class SRATModule(ClassifierModule):
     """PGD adversarial training with deferred class reweighting and SRAT's separation loss.
 
     Args:
@@ -268,7 +268,7 @@ class SRATModule(ZooModule):
         backbone: ``mlp`` (``input_dim`` -> ``hidden_dims``, the last width being the features)
             or a timm model name (``resnet18``), whose pooled penultimate output is the features.
         input_dim / hidden_dims: MLP sizes (default 64-128-64, the brief's digits MLP).
-        in_channels / cifar_stem: timm input channels; ``cifar_stem`` swaps a timm ResNet's
+        in_chans / cifar_stem: timm input channels; ``cifar_stem`` swaps a timm ResNet's
             7x7/2 stem and max-pool for a 3x3/1 convolution (the usual 32x32 ResNet-18).
         input_mean / input_std: per-channel normalisation applied inside ``forward``, so the
             attacks work on pixels in [0, 1] (None: inputs are used as they come).
@@ -291,7 +291,7 @@ class SRATModule(ZooModule):
         backbone: str = "mlp",
         input_dim: int = 64,
         hidden_dims: list[int] | None = None,
-        in_channels: int = 3,
+        in_chans: int = 3,
         cifar_stem: bool = False,
         input_mean: list[float] | None = None,
         input_std: list[float] | None = None,
@@ -316,7 +316,7 @@ class SRATModule(ZooModule):
         lr_milestones: list[int] | None = None,
         lr_gamma: float = 0.1,
     ) -> None:
-        super().__init__()
+        super().__init__(num_classes)
         if base_loss not in BASE_LOSSES:
             raise ValueError(f"base_loss must be one of {BASE_LOSSES}, got {base_loss!r}")
         if reweight not in REWEIGHTS:
@@ -334,7 +334,11 @@ class SRATModule(ZooModule):
         if (input_mean is None) != (input_std is None):
             raise ValueError("give both input_mean and input_std, or neither")
         self.save_hyperparameters()
-        self.features, dim = self._build_backbone()
+        widths = hidden_dims if hidden_dims is not None else [128, 64]
+        if backbone == "mlp" and not widths:
+            raise ValueError("the MLP needs at least one hidden layer (its last width is the feature size): set hidden_dims")
+        self.features = build_backbone(backbone, 0, input_dim=input_dim, hidden_dims=widths, in_chans=in_chans, cifar_stem=cifar_stem)
+        dim = feature_dim(self.features)
         self.head: nn.Module = _CosineHead(dim, num_classes) if base_loss == "ldam" else nn.Linear(dim, num_classes)
         if input_mean is not None and input_std is not None:
             shape = (1, -1, 1, 1) if backbone != "mlp" else (1, -1)
@@ -349,32 +353,8 @@ class SRATModule(ZooModule):
         self.attack = (
             PGD(epsilon, step_size, attack_steps, "linf", random_start=True, model_mode=attack_model_mode) if attack_steps > 0 else None
         )
-        self.val_acc = nn.ModuleDict({k: MulticlassAccuracy(num_classes, average=k) for k in ("micro", "macro")})
-        self.test_acc = nn.ModuleDict({k: MulticlassAccuracy(num_classes, average=k) for k in ("micro", "macro")})
 
     # ----------------------------------------------------------------------------- building
-    def _build_backbone(self) -> tuple[nn.Module, int]:
-        hp = self.hparams
-        if hp.backbone == "mlp":
-            widths = [hp.input_dim, *(hp.hidden_dims if hp.hidden_dims is not None else [128, 64])]
-            if len(widths) < 2:
-                raise ValueError("the MLP needs at least one hidden layer (its last width is the feature size)")
-            layers: list[nn.Module] = [nn.Flatten()]
-            for d_in, d_out in zip(widths[:-1], widths[1:]):
-                layers += [nn.Linear(d_in, d_out), nn.ReLU()]
-            return nn.Sequential(*layers), widths[-1]
-        import timm
-
-        if hp.backbone not in timm.list_models():
-            raise ValueError(f"unknown backbone {hp.backbone!r}: use 'mlp' or a timm model name (timm.list_models())")
-        net = timm.create_model(hp.backbone, pretrained=False, num_classes=0, in_chans=hp.in_channels)
-        if hp.cifar_stem:
-            if not (hasattr(net, "conv1") and hasattr(net, "maxpool")):
-                raise ValueError(f"cifar_stem needs a timm ResNet (conv1 + maxpool); {hp.backbone!r} has none")
-            net.conv1 = nn.Conv2d(hp.in_channels, net.conv1.out_channels, 3, stride=1, padding=1, bias=False)
-            net.maxpool = nn.Identity()
-        return net, int(net.num_features)
-
     def _set_margins(self, class_counts: Sequence[int]) -> None:
         self.margins.copy_(ldam_margins(class_counts, self.hparams.ldam_max_margin).to(self.margins.dtype))
 
@@ -443,35 +423,6 @@ class SRATModule(ZooModule):
         self.log_dict({"train/ce": parts["ce"], "train/sep": parts["sep"]})
         self.log("train/reweighted", float(self.reweighting.active(self.current_epoch)))
         return parts["loss"]
-
-    def _eval_step(self, batch: tuple[Tensor, Tensor], metrics: nn.ModuleDict, stage: str) -> None:
-        x, y = batch
-        logits = self(x)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, y))
-        for metric in metrics.values():
-            metric.update(logits, y)
-
-    def _log_epoch(self, metrics: nn.ModuleDict, stage: str) -> None:
-        self.log(f"{stage}/acc", 100.0 * metrics["micro"].compute(), prog_bar=stage == "val")
-        self.log(f"{stage}/mpc", 100.0 * metrics["macro"].compute())
-        for metric in metrics.values():
-            metric.reset()
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_acc, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch(self.val_acc, "val")
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_acc, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch(self.test_acc, "test")
-
-    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(x).softmax(-1)
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams

@@ -23,11 +23,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from zoo import cli
 import zoo
 from zoo.hub import module_from_checkpoint
+from zoo.callbacks import SavePretrained
 from zoo.mtard import (
     MTARD,
-    SavePretrained,
     TeacherClassifier,
-    build_classifier,
     entropy_balance_update,
     kd_loss,
     loss_balance_update,
@@ -337,11 +336,11 @@ def test_save_pretrained_callback_writes_a_loadable_teacher(tmp_path: Path) -> N
 
 
 def test_cifar_stem_resnet() -> None:
-    net = build_classifier("resnet18", num_classes=10, in_chans=3, cifar_stem=True)
+    net = TeacherClassifier(backbone="resnet18", num_classes=10, in_chans=3, cifar_stem=True).net
     assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1) and isinstance(net.maxpool, torch.nn.Identity)
     assert net(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     with pytest.raises(ValueError, match="cifar_stem"):
-        build_classifier("vit_tiny_patch16_224", cifar_stem=True)
+        MTARD(backbone="vit_tiny_patch16_224", cifar_stem=True)
 
 
 def test_claim_teacher_arm_sets_the_save_path(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ official ``er_ace_ada.py`` writes into its ``observe``; this callback does them 
 1. **counts before every training forward** (``set_counts``): from the ``(x, y)`` batch at
    ``on_train_batch_start``; a module that runs its own forwards on other samples (replay)
    announces each forward's labels through the hook ``on_train_forward_labels(trainer,
-   pl_module, labels)``, as :class:`zoo.nn.continual.ContinualClassifier` does, and the
+   pl_module, labels)``, as :class:`zoo.templates.continual.ContinualClassifier` does, and the
    announced labels replace the batch's;
 2. **the regularizer** ``lambd * sum_layers (MSE(mu, r_mu) + MSE(sigma^2, r_sigma^2))`` on the
    loss, from task ``max(1, ada_t0)`` on (the official code adds it only in its ``task > 0``
@@ -44,8 +44,8 @@ from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from zoo.datamodules.continual import task_schedule
 from zoo.adab2n import AdaB2N, adab2n_layers
+from zoo.datamodules.continual import task_schedule
 
 __all__ = ["AdaB2NCallback"]
 
@@ -58,7 +58,7 @@ class AdaB2NCallback(Callback):
     Args:
         lambd: weight of the statistics regularizer (official ``--lambd``; the paper's grid is
             {0.01, 0.1, 1, 10} on CIFAR, {1e-5 .. 1e-2} on Mini-ImageNet; 0.1 was best in the
-            brief's CPU check).
+            CPU check on Split Digits in ``cards/adab2n``).
         ada_t0: first task whose loss gets the regularizer (official ``--ada_t0``, grid {0, 1}).
         classes_per_task: task of label ``y`` is ``y // classes_per_task``; ``None`` reads it from
             the continual DataModule (:class:`zoo.datamodules.continual.SplitTasks`).

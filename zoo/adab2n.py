@@ -45,7 +45,7 @@ Deviations from the official code, all named:
   (``python -m benchmarks.adab2n``); the same maths left to autograd measured ~3.5x.
 - A training forward at task > 0 without counts warns once (plain batch moments are used, as
   in the official code); counts whose length differs from the batch raise an error.
-- As in the official code (and unlike the brief's ``sum(omega) = 1``), a task ``j <= cur_tasks``
+- As in the official code (and unlike a normalised ``sum(omega) = 1``), a task ``j <= cur_tasks``
   absent from the batch keeps its share ``pi_j`` of the prior, so the weights then sum below 1.
 """
 
@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.nn.continual import ContinualClassifier, Method
+from zoo.templates.continual import ContinualClassifier, Method
 
 __all__ = [
     "AdaB2N",
@@ -391,18 +391,18 @@ def convert_bn_to_adab2n(module: nn.Module, num_tasks: int, kappa: float = 1.0, 
 
 # ------------------------------------------------------------------------ the zoo module
 class AdaB2NClassifier(ContinualClassifier):
-    """:class:`zoo.nn.continual.ContinualClassifier` with every BatchNorm2d replaced by AdaB²N.
+    """:class:`zoo.templates.continual.ContinualClassifier` with every BatchNorm2d replaced by AdaB²N.
 
-    Defaults are the brief's CPU check: the small CNN, ER-ACE with one joint stream + replay
+    Defaults are the card's CPU check: the small CNN, ER-ACE with one joint stream + replay
     forward (as the official ``er_ace_ada``), a reservoir buffer of 200, SGD lr 0.05,
-    ``kappa=0.7``. It trains with :class:`zoo.callbacks.adab2n.AdaB2NCallback`, which feeds the
-    counts, adds ``lambd *`` the regularizer and advances the task counter; if the Trainer has
-    none, one with the callback's defaults (``lambd=0.1``, ``ada_t0=0``) is added.
+    ``kappa=0.7``. It trains with :class:`zoo.callbacks.adab2n.AdaB2NCallback` in the Trainer,
+    which feeds the counts, adds ``lambd *`` the regularizer and advances the task counter;
+    ``fit`` without it raises an error that says so (the card's configs list it).
 
     Args:
-        backbone / num_classes / input_dim / hidden_dims / in_channels / method / buffer_size /
+        backbone / num_classes / input_dim / hidden_dims / in_chans / method / buffer_size /
             replay_batch_size / joint_forward / lr / momentum / weight_decay: as
-            :class:`~zoo.nn.continual.ContinualClassifier`.
+            :class:`~zoo.templates.continual.ContinualClassifier`.
         norm: ``adab2n`` (the method: the backbone's BatchNorm2d layers converted) or
             ``batchnorm`` (the paper's baseline, torch's BatchNorm2d, so baselines checkpoint
             and publish as this entry too).
@@ -416,7 +416,7 @@ class AdaB2NClassifier(ContinualClassifier):
         num_classes: int = 10,
         input_dim: int = 64,
         hidden_dims: list[int] | None = None,
-        in_channels: int = 1,
+        in_chans: int = 1,
         method: Method = "er_ace",
         buffer_size: int = 200,
         replay_batch_size: int = 10,
@@ -436,7 +436,7 @@ class AdaB2NClassifier(ContinualClassifier):
             num_classes=num_classes,
             input_dim=input_dim,
             hidden_dims=hidden_dims,
-            in_channels=in_channels,
+            in_chans=in_chans,
             norm="batchnorm",
             method=method,
             buffer_size=buffer_size,
@@ -453,12 +453,14 @@ class AdaB2NClassifier(ContinualClassifier):
         if not adab2n_layers(self.net):
             raise ValueError(f"backbone {backbone!r} has no BatchNorm2d for AdaB2N to replace; use 'cnn' or a timm CNN")
 
-    def configure_callbacks(self) -> list[Any]:
-        from zoo.callbacks.adab2n import AdaB2NCallback
-
-        trainer = self._trainer
-        if self.hparams["norm"] != "adab2n":
-            return []
-        if trainer is not None and any(isinstance(c, AdaB2NCallback) for c in trainer.callbacks):  # type: ignore[attr-defined]
-            return []
-        return [AdaB2NCallback()]
+    def setup(self, stage: str) -> None:
+        """Refuse to fit AdaB²N layers that no callback feeds (counts, regularizer, task ends)."""
+        if stage != "fit" or self.hparams["norm"] != "adab2n" or self._trainer is None:
+            return
+        # the label-announcing protocol of ContinualClassifier (zoo/ does not import zoo.callbacks)
+        if not any(callable(getattr(c, "on_train_forward_labels", None)) for c in self.trainer.callbacks):  # type: ignore[attr-defined]
+            raise RuntimeError(
+                "AdaB2NClassifier(norm='adab2n') trains with zoo.callbacks.AdaB2NCallback, which sets the layers' task "
+                "counts, adds the statistics regularizer and ends tasks: add it to the Trainer "
+                "(callbacks=[AdaB2NCallback()], or --trainer.callbacks+=zoo.callbacks.AdaB2NCallback)"
+            )

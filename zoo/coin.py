@@ -34,18 +34,18 @@ Deviations from the paper, all named in the card:
 
 from __future__ import annotations
 
-from zoo.nn.continual import ContinualClassifier, Method
+from zoo.templates.continual import ContinualClassifier, Method
 
 __all__ = ["CoINClassifier"]
 
 
 class CoINClassifier(ContinualClassifier):
-    """:class:`zoo.nn.continual.ContinualClassifier` with the ``coin`` card's defaults.
+    """:class:`zoo.templates.continual.ContinualClassifier` with the ``coin`` card's defaults.
 
     An MLP 64-256-10 trained with plain SGD (lr 0.2, no momentum) by fine-tuning, the setting
-    in which the brief measured the dynamic-balance EMA; add
+    in which the card's CPU check measured the dynamic-balance EMA; add
     :class:`zoo.callbacks.dynamic_ema.DynamicEMA` to the Trainer for the method. Every argument is
-    :class:`~zoo.nn.continual.ContinualClassifier`'s; only defaults differ (``lr``).
+    :class:`~zoo.templates.continual.ContinualClassifier`'s; only defaults differ (``lr``).
 
     >>> CoINClassifier().hparams["lr"]
     0.2
@@ -57,7 +57,7 @@ class CoINClassifier(ContinualClassifier):
         num_classes: int = 10,
         input_dim: int = 64,
         hidden_dims: list[int] | None = None,
-        in_channels: int = 1,
+        in_chans: int = 1,
         norm: str = "none",
         method: Method = "finetune",
         buffer_size: int = 0,
@@ -72,7 +72,7 @@ class CoINClassifier(ContinualClassifier):
             num_classes=num_classes,
             input_dim=input_dim,
             hidden_dims=hidden_dims,
-            in_channels=in_channels,
+            in_chans=in_chans,
             norm=norm,
             method=method,
             buffer_size=buffer_size,

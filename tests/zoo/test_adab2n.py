@@ -287,12 +287,23 @@ def test_classifier_defaults_and_baseline() -> None:
     assert len(adab2n_layers(model)) == 2 and adab2n_layers(model)[0].kappa == 0.7
     assert model.hparams["joint_forward"] and model.hparams["buffer_size"] == 200 and model.hparams["lr"] == 0.05
     assert set(model.init_args()) == {
-        "backbone", "num_classes", "input_dim", "hidden_dims", "in_channels", "method", "buffer_size", "replay_batch_size",
+        "backbone", "num_classes", "input_dim", "hidden_dims", "in_chans", "method", "buffer_size", "replay_batch_size",
         "joint_forward", "lr", "momentum", "weight_decay", "norm", "num_tasks", "kappa", "init_weight",
     }  # fmt: skip
     baseline = AdaB2NClassifier(norm="batchnorm", joint_forward=False)
-    assert not adab2n_layers(baseline) and baseline.configure_callbacks() == []
-    assert type(model.configure_callbacks()[0]).__name__ == "AdaB2NCallback"
+    assert not adab2n_layers(baseline)
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
     with pytest.raises(ValueError, match="no BatchNorm2d"):
         AdaB2NClassifier(backbone="mlp")
+
+
+def test_fit_without_the_callback_is_one_clear_error(tmp_path) -> None:
+    from lightning.pytorch import Trainer
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = DataLoader(TensorDataset(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 0, 1])), batch_size=2)
+    trainer = Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="trains with zoo.callbacks.AdaB2NCallback"):
+        trainer.fit(AdaB2NClassifier(), data)
+    trainer.fit(AdaB2NClassifier(norm="batchnorm"), data)  # the BatchNorm baseline needs no callback
+    assert trainer.global_step == 1

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo.nn.continual import ContinualClassifier, ace_mask
+from zoo.templates.continual import ContinualClassifier, ace_mask
 
 
 def test_ace_mask_follows_mammoth() -> None:
@@ -53,7 +53,7 @@ def test_replay_buffer_is_checkpointed_but_not_published(tmp_path: Path) -> None
     model = ContinualClassifier(method="er", buffer_size=4)
     model.buffer.add(torch.randn(6, 64), torch.arange(6))
     assert "buffer.x" in model.state_dict() and "buffer.x" not in model.hub_state_dict()
-    entry = zoo.registry.Entry("tmp-cl", "p", None, "module", "zoo.nn.continual.ContinualClassifier", "none")
+    entry = zoo.registry.Entry("tmp-cl", "p", None, "module", "zoo.templates.continual.ContinualClassifier", "none")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(zoo.registry, "_ENTRIES", (entry,))
         model.save_pretrained(tmp_path)

@@ -16,46 +16,26 @@ Before every training forward the labels of the whole forward batch are announce
 callbacks that define ``on_train_forward_labels(trainer, pl_module, labels)`` (AdaB²N needs
 the per-task counts of the joint batch). The current task comes from the DataModule
 (:func:`zoo.datamodules.continual.task_schedule`); without one, everything is task 0.
+Validation and testing log :class:`zoo.templates.ClassifierModule`'s metrics for every task's
+loader (``val/acc/dataloader_idx_k``, ``val/balanced_acc/...``, ``val/worst_class_acc/...``).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.datamodules.continual import task_schedule
-from zoo.hub import ZooModule
+from zoo.nn.backbones import build_backbone
 from zoo.nn.replay import ReservoirBuffer
+from zoo.templates.classifier import ClassifierModule
 
-__all__ = ["ContinualClassifier", "build_backbone", "ace_mask"]
+__all__ = ["ContinualClassifier", "ace_mask", "Method"]
 
 Method = Literal["finetune", "er", "er_ace"]
-
-
-def build_backbone(
-    backbone: str, num_classes: int, input_dim: int, hidden_dims: list[int], in_channels: int, norm: str
-) -> nn.Module:
-    """``mlp``, ``cnn`` (conv16-BN-ReLU, conv32-BN-ReLU, maxpool, linear) or a timm model name."""
-    if norm not in ("none", "batchnorm"):
-        raise ValueError(f"norm must be 'none' or 'batchnorm', got {norm!r}")
-    if backbone == "mlp":
-        layers: list[nn.Module] = [nn.Flatten()]
-        for d_in, d_out in zip([input_dim, *hidden_dims[:-1]], hidden_dims):
-            layers += [nn.Linear(d_in, d_out), *([nn.BatchNorm1d(d_out)] if norm == "batchnorm" else []), nn.ReLU()]
-        layers.append(nn.Linear(hidden_dims[-1] if hidden_dims else input_dim, num_classes))
-        return nn.Sequential(*layers)
-    if backbone == "cnn":
-        def block(c_in: int, c_out: int) -> list[nn.Module]:
-            return [nn.Conv2d(c_in, c_out, 3, padding=1), *([nn.BatchNorm2d(c_out)] if norm == "batchnorm" else []), nn.ReLU()]
-
-        return nn.Sequential(*block(in_channels, 16), *block(16, 32), nn.AdaptiveMaxPool2d(2), nn.Flatten(), nn.Linear(32 * 4, num_classes))
-    if backbone in timm.list_models():
-        return timm.create_model(backbone, pretrained=False, num_classes=num_classes, in_chans=in_channels)
-    raise ValueError(f"unknown backbone {backbone!r}: use 'mlp', 'cnn' or a timm model name")
 
 
 def ace_mask(logits: Tensor, stream_labels: Tensor, largest_seen: int) -> Tensor:
@@ -71,7 +51,7 @@ def ace_mask(logits: Tensor, stream_labels: Tensor, largest_seen: int) -> Tensor
     return logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
 
 
-class ContinualClassifier(ZooModule):
+class ContinualClassifier(ClassifierModule):
     """A classifier trained on a task sequence with fine-tuning, ER or ER-ACE (SGD, as in mammoth).
 
     The replay buffer is saved in Lightning checkpoints (a resumed run replays the same
@@ -80,7 +60,8 @@ class ContinualClassifier(ZooModule):
     Args:
         backbone: ``mlp`` | ``cnn`` | a timm model name (e.g. ``resnet18`` for Split CIFAR).
         num_classes: output head size (all classes of the sequence).
-        input_dim / hidden_dims: MLP sizes; in_channels: CNN / timm input channels.
+        input_dim / hidden_dims: MLP sizes; in_chans: CNN / timm input channels
+            (:func:`zoo.nn.backbones.build_backbone`).
         norm: ``batchnorm`` or ``none`` in the MLP and CNN.
         method: ``finetune`` | ``er`` | ``er_ace``; buffer_size: reservoir capacity;
         replay_batch_size: replayed examples per step; joint_forward: ER-ACE with one forward.
@@ -93,7 +74,7 @@ class ContinualClassifier(ZooModule):
         num_classes: int = 10,
         input_dim: int = 64,
         hidden_dims: list[int] | None = None,
-        in_channels: int = 1,
+        in_chans: int = 1,
         norm: str = "none",
         method: Method = "finetune",
         buffer_size: int = 0,
@@ -103,13 +84,14 @@ class ContinualClassifier(ZooModule):
         momentum: float = 0.0,
         weight_decay: float = 0.0,
     ) -> None:
-        super().__init__()
+        super().__init__(num_classes)
         if method not in ("finetune", "er", "er_ace"):
             raise ValueError(f"method must be 'finetune', 'er' or 'er_ace', got {method!r}")
         if method != "finetune" and buffer_size < 1:
             raise ValueError(f"method {method!r} replays examples: set buffer_size > 0")
         self.save_hyperparameters()
-        self.net = build_backbone(backbone, num_classes, input_dim, [256] if hidden_dims is None else hidden_dims, in_channels, norm)
+        hidden = [256] if hidden_dims is None else hidden_dims
+        self.net = build_backbone(backbone, num_classes, input_dim=input_dim, hidden_dims=hidden, in_chans=in_chans, norm=norm)
         self.buffer = ReservoirBuffer(buffer_size, seed=torch.initial_seed() % 2**31)  # follows seed_everything
         self.register_buffer("largest_seen", torch.zeros((), dtype=torch.long))
 
@@ -161,14 +143,6 @@ class ContinualClassifier(ZooModule):
         if self.hparams["method"] == "er_ace" and self.current_task > 0:
             logits = ace_mask(logits, y, int(self.largest_seen))
         return F.cross_entropy(logits, y)
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        x, y = batch
-        self.log("val/acc", (self(x).argmax(-1) == y).float().mean(), add_dataloader_idx=True)
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        x, y = batch
-        self.log("test/acc", (self(x).argmax(-1) == y).float().mean(), add_dataloader_idx=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams

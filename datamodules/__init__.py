@@ -11,6 +11,7 @@ from zoo.datamodules.cifar import (
     CIFARDataModule,
 )
 from zoo.datamodules.associative import AssociativeMemoryDataModule
+from zoo.datamodules.least_squares import BCDDataModule
 from zoo.datamodules.continual import SplitTasks
 from zoo.datamodules.digits import DigitsDataModule
 from zoo.datamodules.longtail import longtail_counts, longtail_indices
@@ -22,6 +23,7 @@ from zoo.datamodules.ufm import UFMDataModule
 
 __all__ = [
     "AssociativeMemoryDataModule",
+    "BCDDataModule",
     "UFMDataModule",
     "MoonsDataModule",
     "SplitTasks",

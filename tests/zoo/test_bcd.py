@@ -13,7 +13,6 @@ from sklearn.linear_model import Lasso as SkLasso
 from sklearn.linear_model import LogisticRegression
 
 from zoo.bcd import (
-    BCDDataModule,
     BCDModule,
     BlockCoordinateDescent,
     Lasso,
@@ -32,6 +31,7 @@ from zoo.bcd import (
     reference_solution,
     variable_block,
 )
+from zoo.datamodules.least_squares import BCDDataModule
 
 
 @pytest.fixture(autouse=True)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.hub import ZooModule
+from zoo.nn.backbones import build_backbone, feature_dim
 from zoo.neural_collapse.geometry import closed_form, closed_form_relative_norms
 from zoo.neural_collapse.metrics import NeuralCollapseMetrics, class_means, max_abs_cosine, relative_sq_norms
 
@@ -248,19 +249,12 @@ class DeepLinearHeadClassifier(ZooModule):
         if depth_linear < 1 or num_classes < 2:
             raise ValueError(f"depth_linear must be >= 1 and num_classes >= 2, got {depth_linear}, {num_classes}")
         self.save_hyperparameters()
-        if backbone == "mlp":
-            widths = [in_features] + [width] * depth_relu
-            layers: list[nn.Module] = [nn.Flatten()]
-            for a, b in zip(widths, widths[1:]):
-                layers += [nn.Linear(a, b), nn.ReLU()]
-            layers.append(nn.Linear(width, width))
-            self.backbone: nn.Module = nn.Sequential(*layers)
+        if backbone == "mlp":  # the official MLP: its last layer is a plain Linear(width, width), the features
+            self.backbone: nn.Module = build_backbone("mlp", width, input_dim=in_features, hidden_dims=[width] * depth_relu)
             dim = width
         else:
-            import timm
-
-            self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0)
-            dim = int(self.backbone.num_features)
+            self.backbone = build_backbone(backbone, 0)
+            dim = feature_dim(self.backbone)
         widths = [dim] * depth_linear + [num_classes]
         self.head = nn.Sequential(
             *(nn.Linear(a, b, bias=bias and i == depth_linear - 1) for i, (a, b) in enumerate(zip(widths, widths[1:])))

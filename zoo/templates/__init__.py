@@ -1,8 +1,9 @@
 """Shared LightningModule shapes that entries subclass, so entries of one kind read alike.
 
->>> from zoo.templates import ClassifierModule
+>>> from zoo.templates import ClassifierModule, SolverModule
 """
 
 from zoo.templates.classifier import ClassifierModule, classification_metrics
+from zoo.templates.solver import SolverModule
 
-__all__ = ["ClassifierModule", "classification_metrics"]
+__all__ = ["ClassifierModule", "SolverModule", "classification_metrics"]

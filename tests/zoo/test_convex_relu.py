@@ -257,7 +257,7 @@ def test_certified_margins_match_box_corners() -> None:
 
 
 def test_robust_program_certificate_holds_against_pgd() -> None:
-    from zoo.convex_relu import _ScoreLogits
+    from zoo.convex_relu import ScoreLogits
     from zoo.nn.attacks import PGD
 
     x, y = moons(30, seed=1)
@@ -272,7 +272,7 @@ def test_robust_program_certificate_holds_against_pgd() -> None:
     margins = certified_margins(net, x, y, eps)
     assert torch.isfinite(margins).all()  # the robust constraints keep every neuron stable on the data
     certified = margins > 0
-    x_adv = PGD(eps=eps, alpha=eps / 4, steps=20, clip=None)(_ScoreLogits(net), x, (y > 0).long())
+    x_adv = PGD(eps=eps, alpha=eps / 4, steps=20, clip=None)(ScoreLogits(net), x, (y > 0).long())
     with torch.no_grad():
         robust = (net(x_adv)[:, 0] > 0) == (y > 0)
     assert certified.sum() > 10 and bool(robust[certified].all())

@@ -14,9 +14,10 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard
 
+from zoo.errors import ZooError
 from zoo.registry import Entry
 
-__all__ = ["render_card"]
+__all__ = ["render_card", "CardError"]
 
 
 def _metrics_table(metrics: dict[str, float] | None) -> str:
@@ -36,6 +37,10 @@ def _eval_results(card: ModelCard, metrics: dict[str, float]) -> list[EvalResult
     ]
 
 
+class CardError(ZooError):
+    """A card template whose YAML header cannot be read: reported in one line, exit code 2."""
+
+
 def render_card(
     entry: Entry, init_args: dict[str, Any], metrics: dict[str, float] | None = None, repo_id: str | None = None
 ) -> ModelCard:
@@ -46,7 +51,11 @@ def render_card(
         .replace("{{ init_args }}", yaml.safe_dump(init_args, sort_keys=True).strip())
         .replace("{{ metrics }}", _metrics_table(metrics))
     )
-    card = ModelCard(text)
+    try:
+        card = ModelCard(text)  # huggingface_hub reads the header with yaml.safe_load: no tags run
+    except (yaml.YAMLError, ValueError) as err:  # a malformed header, or one that is not a mapping
+        problem = getattr(err, "problem", None) or " ".join(str(err).split())[:200]
+        raise CardError(f"{entry.card_dir}/README.md: its YAML header is not a valid model card header ({problem})") from None
     if metrics:
         card.data.model_name = repo_id or entry.name
         card.data.eval_results = _eval_results(card, metrics)

@@ -10,13 +10,19 @@ and then only with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import json
 import logging
 import os
+import pickle
 import re
+import shutil
+import tempfile
+import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 from huggingface_hub import ModelCard, PyTorchModelHubMixin, hf_hub_download
@@ -28,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from zoo.errors import UnsafeCheckpointError, WrongClassError, ZooLoadError
 from zoo.registry import Entry, entry_for_class, get_entry
 
-__all__ = ["ZooModule", "load", "module_from_checkpoint", "FORMAT_VERSION", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = ["ZooModule", "load", "module_from_checkpoint", "fetch_checkpoint", "read_checkpoint", "FORMAT_VERSION", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,7 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 PICKLE_NAMES = ("pytorch_model.bin", "model.ckpt", "last.ckpt")
+MAX_CONFIG_BYTES = 1_000_000  # a config.json holds init arguments: kilobytes; a bigger one is refused unparsed
 RESERVED_KEYS = ("architecture", "zoo_class", "zoo_format_version")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -182,7 +189,7 @@ def load(
         raise ZooLoadError(f"{source}: zoo_format_version {version!r} is not supported (this zoo reads {FORMAT_VERSION})")
     init_args = {k: v for k, v in config.items() if k not in RESERVED_KEYS}
     init_args.update(overrides)
-    model = cls(**init_args)
+    model = _build(cls, init_args, source)
     state = source.read_weights(allow_pickle=allow_pickle, map_location=map_location)
     _load_state_strict(model, state, source)
     return model.eval()
@@ -200,13 +207,40 @@ def _registered_class(record: dict[str, Any], expected_class: type | None, sourc
     return cls
 
 
+def _build(cls: type, init_args: dict[str, Any], source: object) -> ZooModule:
+    """``cls(**init_args)``; arguments from a file that do not build the class are bad input, named in one line."""
+    try:
+        return cls(**init_args)
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ZooLoadError(f"{source}: its init arguments do not build a {cls.__qualname__} ({type(err).__name__}: {first})") from None
+
+
+#: lossless casts ``load_state_dict`` may do; any other dtype difference is refused, not cast silently
+_WIDENINGS = {
+    (torch.float16, torch.float32), (torch.float16, torch.float64), (torch.bfloat16, torch.float32),
+    (torch.bfloat16, torch.float64), (torch.float32, torch.float64),
+}
+
+
 def _load_state_strict(model: ZooModule, state: dict[str, torch.Tensor], source: object) -> None:
-    """Every published key present, nothing else (keys under ``hub_ignore`` may be absent)."""
+    """Every published key present with the model's shape and dtype, nothing else (keys under
+    ``hub_ignore`` may be absent). A float64 or integer tensor where the model holds float32 is
+    refused rather than cast: it is not what the model published, and casting would hide that."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ZooLoadError(f"{source}: the weights are not a state dict (parameter names to tensors)")
     expected = set(model.hub_state_dict())
     found = {k for k in state if not (model.hub_ignore and k.startswith(model.hub_ignore))}
     if expected != found:
         missing, unexpected = sorted(expected - found), sorted(found - expected)
         raise ZooLoadError(f"{source}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    reference = model.state_dict()
+    for key in sorted(expected):
+        got, want = state[key], reference[key]
+        if got.shape != want.shape:
+            raise ZooLoadError(f"{source}: weights do not fit the model: {key} has shape {tuple(got.shape)}, the model {tuple(want.shape)}")
+        if got.dtype != want.dtype and (got.dtype, want.dtype) not in _WIDENINGS:
+            raise ZooLoadError(f"{source}: weights do not fit the model: {key} is {got.dtype}, the model holds {want.dtype} (refused, not cast)")
     try:
         model.load_state_dict(state, strict=not model.hub_ignore)
     except RuntimeError as err:  # shape mismatch
@@ -246,7 +280,12 @@ class _Source:
         """The local path of ``filename``, downloading it from the Hub if needed; None if absent."""
         if self.local is not None:
             candidate = self.local / filename
-            return candidate if candidate.is_file() else None
+            if not os.path.lexists(candidate):
+                return None
+            resolved = candidate.resolve()  # no file outside the folder is read, whatever links point to
+            if not resolved.is_relative_to(self.local.resolve()):
+                raise ZooLoadError(f"{self}: {filename} is a link to a file outside the folder; refusing to read it (copy the file in)")
+            return resolved if resolved.is_file() else None
         try:
             return Path(hf_hub_download(self.name, filename, **self.hub_kwargs))
         except EntryNotFoundError:
@@ -260,11 +299,20 @@ class _Source:
         path = self.file(CONFIG_NAME)
         if path is None:
             raise ZooLoadError(f"{self}: no {CONFIG_NAME}; this is not a balance-zoo hub folder")
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ZooLoadError(f"{self}: {CONFIG_NAME} is {size:,} bytes, more than the {MAX_CONFIG_BYTES:,} a config may have; not parsed")
         try:
-            config = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            config = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise ZooLoadError(f"{self}: {CONFIG_NAME} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+        except RecursionError:
+            raise ZooLoadError(f"{self}: {CONFIG_NAME} nests too deeply to be a config") from None
+        except ValueError as err:  # JSONDecodeError, or an integer literal past Python's digit limit
             raise ZooLoadError(f"{self}: {CONFIG_NAME} is not valid JSON ({err})") from None
-        if not isinstance(config, dict) or "architecture" not in config:
+        if not isinstance(config, dict):
+            raise ZooLoadError(f"{self}: {CONFIG_NAME} holds a JSON {type(config).__name__}, not an object; this is not a balance-zoo hub folder")
+        if "architecture" not in config:
             raise ZooLoadError(f"{self}: {CONFIG_NAME} has no 'architecture'; this is not a balance-zoo hub folder")
         return config
 
@@ -283,11 +331,13 @@ class _Source:
                 f"{self}: holds only pickled weights ({pickled.name}), which can run code when loaded; "
                 f"pass allow_pickle=True to read them with torch.load(weights_only=True) if you trust the source"
             )
+        _require_safe_torch()
         try:
             obj = torch.load(pickled, map_location=map_location, weights_only=True)
         except Exception as err:  # noqa: BLE001 - an unpickling refusal or a corrupt file: both are bad input
-            raise ZooLoadError(f"{self}: {pickled.name} could not be read safely ({type(err).__name__}: {err})") from None
-        return obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            raise ZooLoadError(f"{self}: {pickled.name} could not be read safely ({type(err).__name__}: {first})") from None
+        return obj.get("state_dict", obj) if isinstance(obj, dict) else obj  # checked by _load_state_strict
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -298,18 +348,91 @@ def module_from_checkpoint(ckpt_path: str | Path, expected_class: type | None = 
     writes into every checkpoint, so a checkpoint of another class, or not of this zoo at
     all, is refused with a clear error instead of loading half its keys.
     """
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unpickling refused or corrupt file: bad input either way
-        raise ZooLoadError(f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
-    record = ckpt.get("zoo") if isinstance(ckpt, dict) else None
+    path = fetch_checkpoint(ckpt_path)
+    ckpt = read_checkpoint(path, name=str(ckpt_path))
+    record, hparams = ckpt.get("zoo"), ckpt.get("hyper_parameters", {})
     if not isinstance(record, dict) or "state_dict" not in ckpt:
-        raise ZooLoadError(f"{path}: not a balance-zoo checkpoint (no 'zoo' record); train it with zoo fit")
-    cls = _registered_class(record, expected_class, path)
-    init_args = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
-    model = cls(**init_args)
-    _load_state_strict(model, ckpt["state_dict"], path)
+        raise ZooLoadError(f"{ckpt_path}: not a balance-zoo checkpoint (no 'zoo' record); train it with zoo fit")
+    if not isinstance(hparams, dict):
+        raise ZooLoadError(f"{ckpt_path}: its hyper_parameters are a {type(hparams).__name__}, not a mapping of init arguments")
+    cls = _registered_class(record, expected_class, ckpt_path)
+    model = _build(cls, {k: v for k, v in hparams.items() if not str(k).startswith("_")}, ckpt_path)
+    _load_state_strict(model, ckpt["state_dict"], ckpt_path)
     return model.eval()
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_SAFE_NAME = re.compile(r"^[\w][\w.-]*$")
+
+
+def fetch_checkpoint(ckpt_path: str | Path) -> Path:
+    """The local file behind a checkpoint path or URL, so every checkpoint meets :func:`read_checkpoint`.
+
+    A ``file://`` URL is its local path; ``http(s)://`` and other fsspec URLs (``s3://`` ...) are
+    copied into a temporary folder removed at exit. Lightning itself would unpickle an ``http``
+    checkpoint with ``weights_only=False``; the zoo hands Lightning the checked local copy instead.
+    """
+    text = str(ckpt_path)
+    if not _URL.match(text):
+        path = Path(os.path.expanduser(text))
+    elif urlsplit(text).scheme.lower() == "file":
+        path = Path(urllib.request.url2pathname(urlsplit(text).path))
+    else:
+        path = _download(text)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {text} not found")
+    return path
+
+
+def _download(url: str) -> Path:
+    """``url`` copied to a fresh temporary folder (removed when the process exits)."""
+    folder = Path(tempfile.mkdtemp(prefix="zoo-ckpt-"))
+    atexit.register(shutil.rmtree, folder, True)
+    name = Path(urlsplit(url).path).name
+    target = folder / (name if _SAFE_NAME.match(name) else "checkpoint.ckpt")
+    try:
+        if urlsplit(url).scheme.lower() in ("http", "https"):
+            source = urllib.request.urlopen(url, timeout=60)  # noqa: S310 - the scheme is checked above
+        else:
+            import fsspec
+
+            source = fsspec.open(url, "rb").open()
+        with source, target.open("wb") as out:
+            shutil.copyfileobj(source, out)
+    except (OSError, ValueError, ImportError) as err:  # URLError and HTTPError are OSErrors
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ZooLoadError(f"checkpoint {url} could not be downloaded ({type(err).__name__}: {first}); download it and pass the local path") from None
+    return target
+
+
+#: below this, torch.load(weights_only=True) can be made to run code (CVE-2026-24747)
+SAFE_TORCH = (2, 10)
+
+
+def _require_safe_torch() -> None:
+    """Refuse to unpickle anything on a torch whose ``weights_only=True`` gate can be bypassed."""
+    if torch.torch_version.TorchVersion(str(torch.__version__)) < SAFE_TORCH:
+        raise ZooLoadError(
+            f"torch {torch.__version__} can be tricked into running code by a checkpoint even with weights_only=True "
+            f"(CVE-2026-24747); upgrade to torch>={'.'.join(map(str, SAFE_TORCH))} to read checkpoints"
+        )
+
+
+def read_checkpoint(path: Path, *, name: str | None = None) -> dict[str, Any]:
+    """A Lightning checkpoint read with ``torch.load(weights_only=True)``, memory-mapped (the weights
+    are not read until used); a pickle that would run code, a legacy or corrupt file is a ZooLoadError."""
+    name = name or str(path)
+    _require_safe_torch()
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:
+        raise ZooLoadError(
+            f"{name}: not a readable checkpoint: torch.load(weights_only=True) refused it (it unpickles objects "
+            f"other than tensors and plain data, which could run code)"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - a legacy, truncated or corrupt file: bad input either way
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ZooLoadError(f"{name}: not a readable checkpoint ({type(err).__name__}: {first})") from None
+    if not isinstance(ckpt, dict):
+        raise ZooLoadError(f"{name}: not a Lightning checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
+    return ckpt

@@ -6,9 +6,9 @@ exactly what a user's command line trains.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 __all__ = ["build_lightning_cli"]
@@ -54,39 +54,46 @@ def build_lightning_cli(args: Sequence[str], *, run: bool = True) -> Any:
     )
 
 
+#: names Lightning resolves to checkpoints its own ModelCheckpoint wrote in this run's folder
 _SPECIAL_CKPT_PATHS = ("best", "last", "hpc")
+#: Lightning's model-registry form ("registry", "registry:name:version:v2"), matched as Lightning does
+_REGISTRY = re.compile(r"^registry(:.*|$)", re.IGNORECASE)
 
 
 def _check_ckpt_path(config: Any) -> None:
-    """Refuse a missing, unsafe or unreadable ``--ckpt_path``, or one of another class, in one line.
+    """Gate ``--ckpt_path``: a missing, unsafe or unreadable file, or one of another class, ends in one line.
 
     Runs right after parsing, so the error comes before LightningCLI swaps in the checkpoint's
-    own ``_class_path``, seeds, or builds a Trainer (whose warnings would bury it), and before
-    the Trainer reads the file with ``weights_only=False``: a file that does not load with
-    ``weights_only=True`` never gets that far.
+    own ``_class_path``, seeds, or builds a Trainer (whose warnings would bury it). A URL
+    (``http(s)://``, ``file://``, any fsspec protocol) is fetched to a local file first and the
+    config is pointed at that file, so Lightning never unpickles the URL itself (it would, with
+    ``weights_only=False``, for ``http``): every checkpoint passes ``torch.load(weights_only=True)``.
     """
     subcommand = config.get("subcommand")
-    ckpt_path = config[subcommand].get("ckpt_path") if subcommand else None
-    if not ckpt_path or ckpt_path in _SPECIAL_CKPT_PATHS or str(ckpt_path).startswith("registry") or "://" in str(ckpt_path):
+    section = config[subcommand] if subcommand else None
+    ckpt_path = section.get("ckpt_path") if section is not None else None
+    if not ckpt_path or ckpt_path in _SPECIAL_CKPT_PATHS:
         return
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt_path} not found")
-    import torch
-
     from zoo.errors import WrongClassError, ZooLoadError
+    from zoo.hub import fetch_checkpoint, read_checkpoint
 
-    try:  # mmap: only the small records are read, not the weights
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # noqa: BLE001 - unpickling refused, legacy or corrupt file: bad input
-        raise ZooLoadError(f"{path}: not a readable checkpoint ({type(err).__name__} under weights_only=True)") from None
-    model = config[subcommand].get("model")
+    if _REGISTRY.match(str(ckpt_path)):
+        raise ZooLoadError(
+            f"--ckpt_path {ckpt_path}: Lightning's model registry downloads and loads checkpoints past the zoo's "
+            f"weights_only=True check; download it (litmodels.download_model) and pass the local .ckpt path"
+        )
+    path = fetch_checkpoint(ckpt_path)
+    ckpt = read_checkpoint(path, name=str(ckpt_path))
+    section["ckpt_path"] = str(path)  # Lightning reads the checked local file, never the URL
+    model = section.get("model")
     wanted = model.get("class_path") if model is not None and hasattr(model, "get") else None
-    record = ckpt.get("zoo") if isinstance(ckpt, dict) else None
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    saved = (record or {}).get("zoo_class") or (hparams or {}).get("_class_path")
-    if wanted and saved and saved != wanted:  # LightningCLI would otherwise quietly swap in the saved class
-        raise WrongClassError(
-            f"{path} holds a {saved.rpartition('.')[2]}, not a {wanted.rpartition('.')[2]}; "
+    record, hparams = ckpt.get("zoo"), ckpt.get("hyper_parameters", {})
+    if not isinstance(hparams, dict):  # LightningCLI reads them next, as a mapping
+        raise ZooLoadError(f"{ckpt_path}: its hyper_parameters are a {type(hparams).__name__}, not a mapping of init arguments")
+    saved = (record.get("zoo_class") if isinstance(record, dict) else None) or hparams.get("_class_path")
+    # class names, not import paths: a module that moved still holds the same class
+    if isinstance(wanted, str) and isinstance(saved, str) and saved.rpartition(".")[2] != wanted.rpartition(".")[2]:
+        raise WrongClassError(  # LightningCLI would otherwise quietly swap in the saved class
+            f"{ckpt_path} holds a {saved.rpartition('.')[2]}, not a {wanted.rpartition('.')[2]}; "
             f"pick the matching --model ({saved})"
         )

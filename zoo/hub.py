@@ -269,9 +269,13 @@ class _Source:
             self.local = path
         elif isinstance(path_or_repo_id, Path) or not _REPO_ID.match(self.name):
             raise FileNotFoundError(f"{self.name}: not found (neither a local folder nor a Hub repo id like 'org/name')")
-        self.hub_kwargs = dict(
-            revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only, force_download=force_download
-        )
+        self.hub_kwargs = {
+            "revision": revision,
+            "cache_dir": cache_dir,
+            "token": token,
+            "local_files_only": local_files_only,
+            "force_download": force_download,
+        }
 
     def __str__(self) -> str:
         return self.name
@@ -392,7 +396,7 @@ def _download(url: str) -> Path:
     target = folder / (name if _SAFE_NAME.match(name) else "checkpoint.ckpt")
     try:
         if urlsplit(url).scheme.lower() in ("http", "https"):
-            source = urllib.request.urlopen(url, timeout=60)  # noqa: S310 - the scheme is checked above
+            source = urllib.request.urlopen(url, timeout=60)
         else:
             import fsspec
 

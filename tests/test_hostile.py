@@ -26,16 +26,22 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+import zoo.datamodules.tabular
 from lightning.pytorch import LightningModule, Trainer
 from safetensors.torch import load_file, save_file
 
-import zoo.datamodules.tabular  # noqa: F401  (--data by short name)
 import zoo.registry
 from zoo import cli
 from zoo.anyloss import AnyLossClassifier
 from zoo.cards import render_card
 from zoo.errors import UnknownEntryError, UnsafeCheckpointError, ZooError, ZooLoadError
-from zoo.hub import MAX_CONFIG_BYTES, PICKLE_NAMES, WEIGHTS_NAME, load, module_from_checkpoint
+from zoo.hub import (
+    MAX_CONFIG_BYTES,
+    PICKLE_NAMES,
+    WEIGHTS_NAME,
+    load,
+    module_from_checkpoint,
+)
 from zoo.registry import get_entry
 from zoo.reproduce import ClaimError, load_claim
 

@@ -9,6 +9,7 @@ from zoo.callbacks.continual import ContinualEvaluation
 from zoo.callbacks.dynamic_ema import DynamicEMA, TaskEndEMA
 from zoo.callbacks.neural_collapse import NeuralCollapseMonitor
 from zoo.callbacks.robustness import RobustnessEvaluation
+from zoo.callbacks.stop_at_threshold import StopAtThreshold
 from zoo.callbacks.save_pretrained import SavePretrained
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "DynamicEMA",
     "NeuralCollapseMonitor",
     "RobustnessEvaluation",
+    "StopAtThreshold",
     "SavePretrained",
     "TaskEndEMA",
 ]

@@ -30,10 +30,11 @@ overrides them:
 Deviations and guesses: timm keeps the momentum as an EMA (``B <- mu B + (1 - mu) G``) instead
 of the paper's ``B <- mu B + G``; Newton-Schulz normalises its input, so the update is the
 same. Newton-Schulz runs in bfloat16 (timm and torch alike), so a Muon update is only
-near-orthogonal (singular values within about [0.7, 1.2]). The brief's theory compares
+near-orthogonal (singular values within about [0.7, 1.2]). The paper's theory compares
 against Adam with ``beta1 = beta2 = 0`` (SignGD); the claim uses Adam (0.9, 0.999) as the
-paper's experiments do (the brief measured both give tail p ~ 0.02). ``"sgd"`` (with momentum)
-is offered as the GD baseline. The early stop is :class:`StopAtThreshold` on ``train/head_p`` >= 0.9,
+paper's experiments do (an independent CPU check measured tail p ~ 0.02 for both). ``"sgd"``
+(with momentum) is offered as the GD baseline. The early stop is
+:class:`zoo.callbacks.StopAtThreshold` on ``train/head_p`` >= 0.9 (the card's configs attach it),
 checked after every step (Lightning's ``EarlyStopping`` checks only at epoch ends, and one
 epoch per full-batch step cost ~30 ms of loop overhead each); the metrics at the stop are
 those of the ``W`` that reached it (computed before that step's update).
@@ -53,13 +54,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 from torchmetrics import Metric
 
 from zoo.hub import ZooModule
 
-__all__ = ["AssociativeMemory", "StopAtThreshold", "SpectralIsotropy", "spectral_isotropy", "orthonormal_embeddings", "build_optimizer"]
+__all__ = ["AssociativeMemory", "SpectralIsotropy", "spectral_isotropy", "orthonormal_embeddings", "build_optimizer"]
 
 EMBEDDINGS = ("rotated", "identity")
 OPTIMIZERS = ("muon", "adam", "sgd")
@@ -187,39 +187,6 @@ def build_optimizer(
     if optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-
-
-# ------------------------------------------------------------------------------ the stop
-class StopAtThreshold(Callback):
-    """Stop training after the step at which a logged metric reaches ``threshold``.
-
-    Lightning's ``EarlyStopping(stopping_threshold=...)`` checks only at the end of an epoch (or
-    of validation); this checks after every training batch, so a run of full-batch steps can be
-    one epoch. The metric must be logged with ``on_step=True`` (it is read from
-    ``trainer.callback_metrics``). ``mode="max"`` stops at ``value >= threshold``, ``"min"`` at
-    ``value <= threshold``. ``stopped_step`` records the global step of the stop (-1: none).
-    """
-
-    def __init__(self, monitor: str = "train/head_p", threshold: float = 0.9, mode: str = "max") -> None:
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-        self.monitor, self.threshold, self.mode = monitor, threshold, mode
-        self.stopped_step = -1
-
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
-            return
-        value = float(value)
-        if (value >= self.threshold) if self.mode == "max" else (value <= self.threshold):
-            trainer.should_stop = True
-            self.stopped_step = trainer.global_step
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"stopped_step": self.stopped_step}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.stopped_step = int(state_dict.get("stopped_step", -1))
 
 
 # ----------------------------------------------------------------------------------- model

@@ -8,8 +8,9 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
+from zoo.callbacks.stop_at_threshold import StopAtThreshold
 from zoo.datamodules.associative import AssociativeMemoryDataModule, class_frequencies
-from zoo.muon_tail import AssociativeMemory, SpectralIsotropy, StopAtThreshold, build_optimizer, orthonormal_embeddings, spectral_isotropy
+from zoo.muon_tail import AssociativeMemory, SpectralIsotropy, build_optimizer, orthonormal_embeddings, spectral_isotropy
 
 
 @pytest.fixture(autouse=True)

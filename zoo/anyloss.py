@@ -29,6 +29,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryF1Score, BinaryRecall, BinarySpecificity
 
 from zoo.hub import ZooModule
+from zoo.nn.backbones import build_backbone
 
 __all__ = [
     "AnyLoss",
@@ -136,6 +137,10 @@ def weighted_bce(p: Tensor, y: Tensor, eps: float = 1e-5) -> Tensor:
 class AnyLossClassifier(ZooModule):
     """A binary classifier (single-layer perceptron or MLP) trained with AnyLoss or a baseline.
 
+    One logit and a decision ``threshold``, so its metrics are torchmetrics' binary ones
+    (``{stage}/f1``, ``acc``, ``recall``, ``specificity``, ``balanced_accuracy``) rather than
+    :class:`zoo.templates.ClassifierModule`'s argmax over ``C`` logits.
+
     Args:
         input_dim: features per example.
         hidden_dims: hidden layer widths; ``[]`` is the paper's single-layer perceptron.
@@ -160,12 +165,7 @@ class AnyLossClassifier(ZooModule):
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
         self.save_hyperparameters()
-        dims = [input_dim, *(hidden_dims or [])]
-        layers: list[nn.Module] = []
-        for d_in, d_out in zip(dims[:-1], dims[1:]):
-            layers += [nn.Linear(d_in, d_out), nn.ReLU()]
-        layers.append(nn.Linear(dims[-1], 1))
-        self.net = nn.Sequential(*layers)
+        self.net = build_backbone("mlp", 1, input_dim=input_dim, hidden_dims=hidden_dims or [], flatten=False)  # one logit
         self.anyloss = AnyLoss(metric=metric, beta=beta, L=L)
         self.metrics = nn.ModuleDict(
             {stage: self._make_metrics(threshold, f"{stage}/") for stage in ("val", "test")}

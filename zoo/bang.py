@@ -20,7 +20,7 @@ This module has the maths as pure functions, tested by hand:
 * :func:`false_false_true_ratio` and the :class:`FalseFalseTrueRatio` metric (Sec. 2, Fig. 1).
 * :func:`mixup_label_smoothing_loss`: BANG's confidence-reducing fine-tuning loss (Sec. 5).
 * :func:`logit_temperature`, :func:`balance_factors`, :func:`scale_head`: logit-temperature
-  balancing, each model's logits divided by its in-distribution logit std (the brief's CPU
+  balancing, each model's logits divided by its in-distribution logit std (this zoo's CPU
   check; the paper's appendix "oracle" rescaling of the fine-tuned model's head).
 
 :class:`BANGClassifier` trains ``K`` members (default 2) in one ``fit``, each on its own set of
@@ -31,15 +31,15 @@ FalseFalseTrue ratio, the average with the last member made over-confident (logi
 
 Deviations and guesses (also in ``cards/bang/README.md``):
 
-* The CPU check is the brief's "MultiColor digits": linear softmax members on digits pixels +
+* The CPU check is "MultiColor digits": linear softmax members on digits pixels +
   noise and 32 one-hot colour patches, full-batch Adam, cross-entropy (the official MLP/MSE
   MultiColorMNIST run needs a download). Members see disjoint halves of the patches; the input
   weights of the patches a member does not see are zero and stay zero, so for linear members the
   weight average equals the logit average exactly (the paper's linear theory).
 * Temperature = std of a member's logits on the ID validation split, measured after every
   (non-sanity) validation epoch; balancing rescales each member's head to the members' mean
-  temperature before averaging. The paper's BANG uses Mixup + label smoothing instead; the
-  brief measured that they do not balance linear members (OOD accuracy falls to 13-16 %), so
+  temperature before averaging. The paper's BANG uses Mixup + label smoothing instead; a CPU
+  check measured that they do not balance linear members (OOD accuracy falls to 13-16 %), so
   they are flags (``mixup_alpha``, ``label_smoothing``), off in the CPU claim and on in
   ``full.yaml``. Mixup alpha 0.8 and label smoothing 0.1 there are timm's ImageNet defaults, not
   values verified in the paper.
@@ -68,7 +68,8 @@ from torch.func import functional_call
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-from zoo.hub import ZooModule
+from zoo.nn.backbones import build_backbone
+from zoo.templates import ClassifierModule
 
 __all__ = [
     "BANGClassifier",
@@ -170,7 +171,7 @@ def logit_temperature(logits: Tensor) -> Tensor:
 def balance_factors(temperatures: Tensor) -> Tensor:
     """Per-model logit multipliers ``mean(T) / T_k`` that give every model the same temperature.
 
-    Dividing each model's logits by its own ID temperature (the brief's balancing) and then
+    Dividing each model's logits by its own ID temperature (this module's balancing) and then
     multiplying all by the common ``mean(T)`` changes no argmax of the average and leaves
     equally confident models untouched (factors 1).
     """
@@ -287,20 +288,21 @@ def mixup_label_smoothing_loss(
 
 
 # ------------------------------------------------------------------------- the module
-class BANGClassifier(ZooModule):
+class BANGClassifier(ClassifierModule):
     """``K`` members trained in one fit on diverse spurious features, averaged in weight space.
 
     Args:
         num_classes: output classes.
-        backbone: a timm model name for image members; None = linear / MLP members on the flat
-            MultiColor vectors (``num_invariant + num_patches * num_colours`` features).
+        backbone: ``mlp`` (default) = linear / MLP members on the flat MultiColor vectors
+            (``num_invariant + num_patches * num_colours`` features); a timm model name (or
+            ``cnn``) = two image members (:func:`zoo.nn.backbones.build_backbone`).
         pretrained: load the timm backbone's pre-trained weights (downloads; off by default).
         resize_to: resize images to this side before the backbone (CLIP ViTs expect 224).
         hidden_dims: hidden widths of MLP members; ``[]`` (default) = linear softmax members.
         num_invariant / num_patches / num_colours: the MultiColor layout (must match the data).
         member_patches: the spurious patches each member sees, one list per member; None = two
-            members on the two halves of the patches (the brief's A: 0-15, B: 16-31). One list
-            = a single model (the no-averaging baseline). Must be None with a ``backbone``
+            members on the two halves of the patches (A: 0-15, B: 16-31). One list
+            = a single model (the no-averaging baseline). Must be None with an image ``backbone``
             (two members on the same images: the WiSE-FT endpoints).
         shared_init: start every member from member 0's initial weights (one basin; WiSE-FT's
             fine-tuned model starts from the zero-shot one). Off: independent inits.
@@ -323,13 +325,15 @@ class BANGClassifier(ZooModule):
     ``acc_member{k}``, ``acc_single`` (their mean), ``acc_avg`` (weight average),
     ``acc_ensemble`` (logit average), ``gain`` (avg - single), ``fft``, ``acc_overconf`` and
     ``fft_overconf`` (last member x ``overconfidence``), ``acc_balanced`` (that over-confident
-    pair, temperature-balanced); ``test/temperature_{k}``.
+    pair, temperature-balanced); ``test/temperature_{k}``. The deployed model (``forward``) gets
+    :class:`zoo.templates.ClassifierModule`'s metrics too: ``val/acc``, ``val/balanced_acc``,
+    ``val/worst_class_acc``, ``val/acc_class{k}`` and the same per test loader (``test/ood/acc``).
     """
 
     def __init__(
         self,
         num_classes: int = 10,
-        backbone: str | None = None,
+        backbone: str = "mlp",
         pretrained: bool = False,
         resize_to: int | None = None,
         hidden_dims: list[int] | None = None,
@@ -350,11 +354,12 @@ class BANGClassifier(ZooModule):
         warmup_steps: int = 0,
         cosine: bool = False,
     ) -> None:
-        super().__init__()
-        if backbone is not None and member_patches is not None:
-            raise ValueError("member_patches selects spurious patches of flat MultiColor vectors; leave it None with a timm backbone")
-        patches = member_patches if member_patches is not None else self._halves(num_patches, 1 if backbone else 2)
-        num_members = 2 if backbone is not None else len(patches)
+        super().__init__(num_classes)
+        flat = backbone in ("mlp", None)  # None: configs written before the shared builder
+        if not flat and member_patches is not None:
+            raise ValueError("member_patches selects spurious patches of flat MultiColor vectors; leave it None with an image backbone")
+        patches = member_patches if member_patches is not None else self._halves(num_patches, 2 if flat else 1)
+        num_members = len(patches) if flat else 2
         if num_members < 1:
             raise ValueError("member_patches needs at least one member")
         for group in patches:
@@ -372,7 +377,6 @@ class BANGClassifier(ZooModule):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}")
         self.save_hyperparameters()
         self.num_members = num_members
-        self.num_classes = num_classes
         if shared_init:  # one basin: every member starts from member 0's weights
             first = self._build_member()
             members = [first] + [copy.deepcopy(first) for _ in range(num_members - 1)]
@@ -381,7 +385,7 @@ class BANGClassifier(ZooModule):
         self.members = nn.ModuleList(members)
         self.head_name = self._find_head(self.members[0])
         # which input features each member sees: invariant part + its patches (flat vectors only)
-        if backbone is None:
+        if flat:
             masks = torch.stack([self._feature_mask(group) for group in patches])
             self.register_buffer("masks", masks, persistent=False)
             with torch.no_grad():  # unseen inputs get zero weights and, with zero inputs, zero gradients
@@ -406,6 +410,11 @@ class BANGClassifier(ZooModule):
         return [list(range(i * size, min((i + 1) * size, num_patches))) for i in range(parts)]
 
     @property
+    def flat_inputs(self) -> bool:
+        """Whether the members read flat MultiColor vectors (``mlp``) rather than images."""
+        return self.hparams["backbone"] in ("mlp", None)
+
+    @property
     def input_dim(self) -> int:
         return self.hparams["num_invariant"] + self.hparams["num_patches"] * self.hparams["num_colours"]
 
@@ -417,16 +426,9 @@ class BANGClassifier(ZooModule):
 
     def _build_member(self) -> nn.Module:
         hp = self.hparams
-        if hp["backbone"] is not None:
-            import timm
-
-            return timm.create_model(hp["backbone"], pretrained=hp["pretrained"], num_classes=self.num_classes)
-        dims = [self.input_dim, *(hp["hidden_dims"] or [])]
-        layers: list[nn.Module] = []
-        for d_in, d_out in zip(dims[:-1], dims[1:]):
-            layers += [nn.Linear(d_in, d_out), nn.ReLU()]
-        layers.append(nn.Linear(dims[-1], self.num_classes))
-        return nn.Sequential(*layers)
+        if self.flat_inputs:
+            return build_backbone("mlp", self.num_classes, input_dim=self.input_dim, hidden_dims=hp["hidden_dims"] or [], flatten=False)
+        return build_backbone(hp["backbone"], self.num_classes, pretrained=hp["pretrained"])
 
     @staticmethod
     def _find_head(member: nn.Module) -> str:
@@ -493,7 +495,7 @@ class BANGClassifier(ZooModule):
     # ----------------------------------------------------------------------------- training
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if self.hparams["backbone"] is None and dm is not None:
+        if self.flat_inputs and dm is not None:
             for name in ("num_patches", "num_colours", "num_invariant", "num_classes"):
                 want = getattr(dm, name, None)
                 if want is not None and want != self.hparams[name]:
@@ -531,6 +533,7 @@ class BANGClassifier(ZooModule):
             self.val_temp[k].update(logits)
         avg = self._average_logits(x, self.averaged_state())
         self.val_acc[-1].update(avg, y)
+        self.update_metrics("val", self(x) if self.hparams["balance"] else avg, y)  # the deployed model
         self.log("val/loss", F.cross_entropy(avg, y))
 
     def on_validation_epoch_end(self) -> None:
@@ -544,6 +547,7 @@ class BANGClassifier(ZooModule):
             self._temperature_step = self.global_step
         for m in [*self.val_acc, *self.val_temp]:
             m.reset()
+        self.log_metrics("val")
 
     def on_train_end(self) -> None:
         if self._temperature_step != self.global_step:
@@ -553,6 +557,12 @@ class BANGClassifier(ZooModule):
             )
 
     # ----------------------------------------------------------------------------- testing
+    def metric_key(self, key: str, dataloader_idx: int, num_loaders: int) -> str:
+        """``test/ood/acc`` for a named test loader (the base's metrics, as this module's own)."""
+        if key.startswith("test/") and self._trainer is not None:
+            return f"{self._test_prefix(dataloader_idx)}/{key[len('test/'):]}"
+        return super().metric_key(key, dataloader_idx, num_loaders)
+
     def _test_prefix(self, dataloader_idx: int) -> str:
         names = getattr(getattr(self.trainer, "datamodule", None), "test_names", None)
         if names is not None and dataloader_idx < len(names):
@@ -568,6 +578,7 @@ class BANGClassifier(ZooModule):
             "overconf": self.averaged_state(self._boost()),
             "balanced": self.averaged_state(self.balanced_scales(overconfident=True)),
         }
+        self._deployed_state = self.averaged_state(self.balanced_scales()) if self.hparams["balance"] else self._test_states["avg"]
         self.test_metrics = nn.ModuleDict().to(self.device)
 
     def _metrics_for(self, prefix: str) -> nn.ModuleDict:
@@ -590,6 +601,7 @@ class BANGClassifier(ZooModule):
         averaged = {name: self._average_logits(x, state) for name, state in self._test_states.items()}
         for name, logits in averaged.items():
             metrics[f"acc_{name}"].update(logits, y)
+        self.update_metrics("test", self._average_logits(x, self._deployed_state), y, dataloader_idx)
         metrics["fft"].update(member_logits, averaged["avg"], y)
         metrics["fft_overconf"].update(member_logits, averaged["overconf"], y)
 
@@ -602,12 +614,9 @@ class BANGClassifier(ZooModule):
             self.log_dict({f"{prefix}/{name}": value for name, value in values.items()}, add_dataloader_idx=False)
         for k in range(self.num_members):
             self.log(f"test/temperature_{k}", self.temperature[k], add_dataloader_idx=False)
+        self.log_metrics("test")
         self.test_metrics = nn.ModuleDict()
-        del self._test_states
-
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(x).softmax(-1)
+        del self._test_states, self._deployed_state
 
     # ----------------------------------------------------------------------------- optimizers
     def configure_optimizers(self) -> Any:

@@ -17,7 +17,7 @@ examples. Two controllers, updated every step without gradients, balance them:
 
 The loss is ``w_adv * KL(p_adv || S(x')) + w_nat * KL(p_nat || S(x))``; there is no hard-label term.
 
-Details kept from the official code (see ``papers/A2-mtard.md``): the attack is PGD on the
+Details kept from the official code (``resnet18_mtard_cifar10.py``, ``mtard_loss.py``): the attack is PGD on the
 student's cross-entropy, started at ``x + 0.001 N(0, I)``, with the student in eval mode; the
 student is *not* temperature-scaled; the KL is averaged over all ``B x C`` entries (batchmean / C)
 with ``log(p + 1e-5)``; the first step's losses are the normalisers; the learning rate, ``temp_lr``

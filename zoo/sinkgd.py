@@ -23,7 +23,7 @@ per half-step instead of four. Norms are computed in float32 whatever the gradie
 Guesses and deviations (also in the card):
 
 - Parameters that are not matrices (biases, norms' weights) get the stateless *RMS-normalized*
-  gradient ``g / rms(g)`` (``fallback="rms"``, the brief's CPU check) or plain SGD
+  gradient ``g / rms(g)`` (``fallback="rms"``, the card's CPU check) or plain SGD
   (``fallback="sgd"``). The paper runs Adam on embeddings, LM head and norms; that is stateful,
   so here it is a separate optimizer (see :func:`build_sinkgd_param_groups`), not hidden inside
   SinkGD. A param group may set ``"sinkhorn": False`` to send its matrices to the fallback too.

@@ -17,7 +17,7 @@ covers the whole family as configurations (see ``cards/srat``):
 - SRAT: deferred reweighting + separation loss, ``reweight_start_epoch=T, sep_weight>0``;
 - natural training: ``attack_steps=0``.
 
-The algorithm, step by step (the brief's numbering, ``papers/A1-srat.md``, "Core algorithm"):
+The algorithm, step by step (numbered as the abstract describes it; no equation of the paper is verified):
 
 1. inner maximisation: ``x' = PGD_{eps, alpha, k}(x, y)`` maximising the (unweighted) CE in the
    L-inf ball, random-uniform start (:class:`zoo.nn.attacks.PGD`);
@@ -30,7 +30,7 @@ The algorithm, step by step (the brief's numbering, ``papers/A1-srat.md``, "Core
 3. evaluation: clean and PGD-20 (and CW) accuracy per class, mean per class and tail, by
    :class:`zoo.callbacks.robustness.RobustnessEvaluation` in the card's configs.
 
-Guesses, every one of them (the brief has no verified equation; only the abstract is):
+Guesses, every one of them (only the abstract is verified, no equation):
 
 - the separation loss is SupCon (Khosla et al. 2020) on ``z = g(x')/||g(x')||`` with
   positives = other batch samples of the same class, denominator over all ``a != i``, averaged
@@ -43,20 +43,20 @@ Guesses, every one of them (the brief has no verified equation; only the abstrac
   from then on). Whether SRAT defers at all is unverified; ``reweight_start_epoch=0`` gives
   reweighting from the start;
 - class weights are normalised to sum to K (mean 1) and the weighted loss is divided by the
-  batch size N, as the brief writes it (``F.cross_entropy(weight=...)``, used by LDAM-DRW,
+  batch size N, as the objective above writes it (``F.cross_entropy(weight=...)``, used by LDAM-DRW,
   divides by ``sum_i w_{y_i}`` instead);
 - ``beta = 0.9999`` (effective number); ``reweight="inverse_frequency"`` is offered because
   the paper may use plain inverse frequency;
 - the attack maximises the unweighted CE and runs with the model in its current (training)
   mode, as Madry's PGD-AT does (``attack_model_mode="eval"`` for the other convention);
 - the focal (``gamma``) and LDAM (margins ``C / n_j^{1/4}`` with max 0.5, scale 30, on a cosine
-  classifier as in LDAM-DRW) variants follow the brief; which one the paper headlines is
+  classifier as in LDAM-DRW) variants are offered as the paper's SRAT-Focal / SRAT-LDAM; which one the paper headlines is
   unverified; the card's claim uses CE;
-- evaluation attacks are not module arguments (the brief's ``eval_attack_steps``): the
+- evaluation attacks are not module arguments (no ``eval_attack_steps``): the
   ``RobustnessEvaluation`` callback holds them.
 
 Why the deferred schedule is a small ``nn.Module`` owned by the module and not a Lightning
-``Callback`` (which the brief suggests): a callback cannot reweight the loss of a plain
+``Callback``: a callback cannot reweight the loss of a plain
 LightningModule that does not read its weights, so it would break the zoo's drop-in contract;
 the schedule is part of the method and belongs in ``config.json``; and the weights are a pure
 function of the epoch plus a persistent buffer, so a resumed run continues exactly with no
@@ -192,7 +192,7 @@ class DeferredReweighting(nn.Module):
 
 # ------------------------------------------------------------------------- separation loss
 def separation_loss(features: Tensor, labels: Tensor, temperature: float = 0.5) -> Tensor:
-    """SRAT's feature-separation loss L_sep as the supervised-contrastive loss (brief, step 2).
+    """SRAT's feature-separation loss L_sep as the supervised-contrastive loss (step 2 above).
 
     ``z_i = g_i / ||g_i||``; ``L = -(1/B) sum_i (1/|P(i)|) sum_{p in P(i)}
     log[exp(z_i.z_p / tau) / sum_{a != i} exp(z_i.z_a / tau)]``, with ``P(i)`` the other samples
@@ -267,7 +267,7 @@ class SRATModule(ClassifierModule):
         num_classes: K.
         backbone: ``mlp`` (``input_dim`` -> ``hidden_dims``, the last width being the features)
             or a timm model name (``resnet18``), whose pooled penultimate output is the features.
-        input_dim / hidden_dims: MLP sizes (default 64-128-64, the brief's digits MLP).
+        input_dim / hidden_dims: MLP sizes (default 64-128-64, the card's digits MLP).
         in_chans / cifar_stem: timm input channels; ``cifar_stem`` swaps a timm ResNet's
             7x7/2 stem and max-pool for a 3x3/1 convolution (the usual 32x32 ResNet-18).
         input_mean / input_std: per-channel normalisation applied inside ``forward``, so the

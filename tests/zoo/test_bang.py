@@ -231,6 +231,7 @@ def test_members_see_only_their_patches_and_average_is_the_logit_average() -> No
 
 def test_test_step_logs_the_whole_argument() -> None:
     model, trainer, dm = _small_fit()
+    assert {"val/acc", "val/balanced_acc", "val/worst_class_acc", "val/acc_avg"} <= set(trainer.callback_metrics)
     trainer.test(model, datamodule=dm, verbose=False)
     m = {k: float(v) for k, v in trainer.callback_metrics.items()}
     for split in ("id", "ood"):
@@ -252,6 +253,13 @@ def test_test_step_logs_the_whole_argument() -> None:
     wrong = (za.argmax(1) != y) & (zb.argmax(1) != y)
     assert math.isclose(m[o + "fft"], (wrong & ((za + zb).argmax(1) == y)).float().mean().item(), abs_tol=1e-6)
     assert m["test/id/acc_avg"] > m[o + "acc_avg"]  # the spurious colours help ID only
+    # the base's metrics of the deployed model (the unboosted, temperature-balanced average), per named loader
+    from sklearn.metrics import balanced_accuracy_score
+
+    deployed = (za / ta + zb / tb).argmax(1)
+    assert math.isclose(m[o + "acc"], acc(za / ta + zb / tb), abs_tol=1e-6)
+    assert math.isclose(m[o + "balanced_acc"], balanced_accuracy_score(y, deployed), abs_tol=1e-6)
+    assert "test/id/worst_class_acc" in m and "test/ood/acc_class9" in m
 
 
 def test_single_member_baseline_and_argument_checks() -> None:

@@ -1,4 +1,4 @@
-"""SinkGD against the brief's definition (Algorithm 3, SR-Sinkhorn), written as a naive loop here."""
+"""SinkGD against the paper's definition (Algorithm 3, SR-Sinkhorn), written as a naive loop here."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def _one_thread() -> None:
 
 
 def naive_sr_sinkhorn(g: torch.Tensor, iters: int, eps: float = 1e-8) -> torch.Tensor:
-    """The brief's loop, literally: X <- sqrt(n) Q(X)^-1 X ; X <- sqrt(m) X R(X)^-1, L times."""
+    """Algorithm 3's loop, literally: X <- sqrt(n) Q(X)^-1 X ; X <- sqrt(m) X R(X)^-1, L times."""
     x = g.double().clone()
     m, n = x.shape
     for _ in range(iters):

@@ -80,7 +80,7 @@ def test_deferred_reweighting_switches_at_start_epoch() -> None:
 
 # -------------------------------------------------------------------------- separation loss
 def naive_separation_loss(features: torch.Tensor, labels: torch.Tensor, tau: float) -> float:
-    """The brief's formula written as loops over anchors, positives and the denominator."""
+    """The SupCon formula of separation_loss written as loops over anchors, positives and the denominator."""
     z = [[v / math.sqrt(sum(u * u for u in f)) for v in f] for f in features.double().tolist()]
     y = labels.tolist()
     n = len(z)

@@ -11,7 +11,8 @@ summed over batches and, under DDP, over processes), from which the epoch's metr
 
 As scikit-learn's ``balanced_accuracy_score``, a class with no example in the epoch's targets
 is left out of the balanced and worst-class accuracy (its per-class value is NaN). With several
-loaders, Lightning's suffix is appended: ``val/acc/dataloader_idx_1``.
+loaders, Lightning's suffix is appended (``val/acc/dataloader_idx_1``); override
+:meth:`ClassifierModule.metric_key` to name them.
 
 ``predict_step`` returns class probabilities, ``softmax(forward(x))``, shape ``(N, C)``.
 
@@ -114,18 +115,23 @@ class ClassifierModule(ZooModule):
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         self._confusion(stage, dataloader_idx).update(logits.detach(), y)
 
+    def metric_key(self, key: str, dataloader_idx: int, num_loaders: int) -> str:
+        """The logged name of ``key`` (``val/acc``) for one loader: Lightning's suffix when there are several.
+
+        Override to name loaders (e.g. ``test/ood/acc``).
+        """
+        return f"{key}/dataloader_idx_{dataloader_idx}" if num_loaders > 1 else key
+
     def compute_metrics(self, stage: str) -> dict[str, Tensor]:
         """The epoch's metrics of every ``stage`` loader (synchronised across processes), then reset them."""
-        keys = sorted((k for k in self.class_metrics if k.startswith(f"{stage}_")), key=lambda k: int(k.rsplit("_", 1)[1]))
-        several = len(keys) > 1
+        indices = sorted(int(k.rsplit("_", 1)[1]) for k in self.class_metrics if k.startswith(f"{stage}_"))
         out: dict[str, Tensor] = {}
-        for key in keys:
-            metric = self.class_metrics[key]
+        for idx in indices:
+            metric = self.class_metrics[f"{stage}_{idx}"]
             if not metric.update_called:
                 continue
-            idx = key.rsplit("_", 1)[1]
             values = classification_metrics(metric.compute(), stage, self.class_metrics_limit)
-            out.update({(f"{k}/dataloader_idx_{idx}" if several else k): v for k, v in values.items()})
+            out.update({self.metric_key(k, idx, len(indices)): v for k, v in values.items()})
             metric.reset()
         return out
 

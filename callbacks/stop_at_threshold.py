@@ -43,10 +43,10 @@ class StopAtThreshold(Callback):
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
-            return
-        value = float(value)
-        if (value >= self.threshold) if self.mode == "max" else (value <= self.threshold):
+        reached = value is not None and ((float(value) >= self.threshold) if self.mode == "max" else (float(value) <= self.threshold))
+        if trainer.world_size > 1:  # a step-level metric is each rank's own: all stop when one does, or DDP hangs
+            reached = trainer.strategy.reduce_boolean_decision(reached, all=False)
+        if reached:
             trainer.should_stop = True
             self.stopped_step = trainer.global_step
 

@@ -1,4 +1,5 @@
-"""The ``zoo`` CLI end to end, in process: fit -> publish -> zoo.load, list, and bad input.
+"""The ``zoo`` CLI end to end, in process: fit -> publish (with the run's training config) ->
+zoo.load, list, and bad input.
 
 Every bad input must end with exit code 2 and exactly one line on stderr (``zoo: error: ...``),
 no traceback and no warning: the user sees the mistake, not the machinery.
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from lightning.pytorch import LightningModule, Trainer
 
 from zoo import cli
@@ -107,6 +109,12 @@ def test_fit_publish_load(fitted: Path, tmp_path: Path, capsys: pytest.CaptureFi
         assert torch.equal(value, ckpt["state_dict"][key]), key
     config = json.loads((hub / "config.json").read_text())
     assert config["architecture"] == "anyloss" and config["loss"] == "anyloss" and config["hidden_dims"] == []
+    assert config["zoo_class"] == "AnyLossClassifier" and config["zoo_provenance"]["seed"] == 0  # the card config's seed
+    assert "with its training_config.yaml" in out
+    recipe = yaml.safe_load((hub / "training_config.yaml").read_text())  # the run's config, overrides included
+    assert recipe["seed_everything"] == 0 and recipe["trainer"]["max_epochs"] == 2
+    assert recipe["model"]["class_path"] == "zoo.anyloss.AnyLossClassifier" and recipe["model"]["init_args"]["metric"] == "f1"
+    assert "ckpt_path" not in recipe and "default_root_dir" not in recipe["trainer"]  # this machine's, not the recipe
     card = (hub / "README.md").read_text()
     assert "test/f1" in card and "0.5" in card.split("---")[1]  # in the model-index metadata
 
@@ -152,6 +160,11 @@ def bad_inputs(ckpt: Path, other: Path, tmp: Path) -> dict[str, tuple[list[str],
         "unknown command": (["bogus"], "bogus"),
         "missing argument": (["reproduce"], "name"),
         "bad metrics": (["publish", "--ckpt_path", str(ckpt), "--local_dir", hub, "--metrics", "{oops"], "--metrics"),
+        "verify missing folder": (["verify", str(tmp / "nowhere")], "not found"),
+        "verify not a hub folder": (["verify", str(tmp)], "no config.json"),
+        "verify negative tolerance": (["verify", str(tmp), "--tolerance", "-1"], "--tolerance"),
+        "verify without a path": (["verify"], "PATH_OR_REPO_ID"),
+        "fit an abstract template": (["fit", "--model=SolverModule", *DATA], "not a registered zoo module"),
     }
 
 

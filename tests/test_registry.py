@@ -1,8 +1,10 @@
 """Registry-driven: every entry builds with its defaults, trains a few steps from its card's
-config, and round-trips through save_pretrained -> zoo.load with identical outputs."""
+config, and round-trips through save_pretrained -> zoo.load with identical outputs; every
+ZooModule the CLI can build either publishes and loads back or is refused up front."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import subprocess
@@ -14,6 +16,8 @@ import torch
 
 from zoo import cli
 import zoo
+from zoo.lightning_cli import _import_all_entries
+from zoo.registry import SHARED_MODULES, class_name, module_identity
 from zoo.reproduce import load_claim
 
 ENTRIES = zoo.list_entries()
@@ -68,7 +72,7 @@ def test_fast_dev_run_then_hub_round_trip(entry: zoo.Entry, tmp_path: Path) -> N
     model = run.model.eval()
     model.save_pretrained(tmp_path / "hub")
     config = json.loads((tmp_path / "hub" / "config.json").read_text())
-    assert config["architecture"] == entry.name and config["zoo_class"] == entry.module_path
+    assert config["architecture"] == entry.name and config["zoo_class"] == class_name(entry.module_path)
     loaded = zoo.load(tmp_path / "hub")
     assert type(loaded) is type(model)
     x = next(iter(run.datamodule.train_dataloader()))[0]
@@ -76,6 +80,72 @@ def test_fast_dev_run_then_hub_round_trip(entry: zoo.Entry, tmp_path: Path) -> N
         assert torch.equal(model(x), loaded(x))
     for key, value in model.hub_state_dict().items():  # what is published (replay buffers are not)
         assert torch.equal(value, loaded.hub_state_dict()[key]), key
+
+
+def test_class_names_are_unique_across_the_registry() -> None:
+    """config.json records class names only, so one name must mean one class."""
+    names = [name for e in ENTRIES for name in e.module_class_names] + [s.name for s in SHARED_MODULES]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+    assert all(re.fullmatch(r"[A-Za-z_]\w*", n) for n in names)
+
+
+def _zoo_module_classes() -> list[type]:
+    """Every ZooModule subclass defined in the zoo that LightningCLI can see after importing the entries."""
+    _import_all_entries()
+    found: list[type] = []
+    stack = [zoo.ZooModule]
+    while stack:
+        for sub in stack.pop().__subclasses__():
+            if sub not in found:
+                found.append(sub)
+                stack.append(sub)
+    return sorted((c for c in found if c.__module__.startswith("zoo.")), key=lambda c: f"{c.__module__}.{c.__qualname__}")
+
+
+def _registered(cls: type) -> bool:
+    try:
+        module_identity(cls)
+    except zoo.UnknownEntryError:
+        return False
+    return True
+
+
+ZOO_MODULES = _zoo_module_classes()
+_VALUES = {int: "3", float: "0.1", str: "mlp", bool: "false"}
+
+
+def test_the_cli_offers_shared_modules_and_refuses_templates() -> None:
+    by_name = {c.__name__: c for c in ZOO_MODULES}
+    assert _registered(by_name["ContinualClassifier"])  # the coin and adab2n baseline publishes
+    assert any(not _registered(c) for c in ZOO_MODULES)  # the abstract templates are refused below
+
+
+@pytest.mark.parametrize("cls", ZOO_MODULES, ids=lambda c: c.__qualname__)
+def test_every_zoo_module_publishes_or_is_refused(cls: type, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = f"{cls.__module__}.{cls.__qualname__}"
+    if _registered(cls):
+        torch.manual_seed(0)
+        model = cls().eval()
+        model.save_pretrained(tmp_path / "hub")
+        config = json.loads((tmp_path / "hub" / "config.json").read_text())
+        assert config["zoo_class"] == cls.__name__ and "." not in json.dumps(config["zoo_class"])
+        loaded = zoo.load(tmp_path / "hub")
+        assert type(loaded) is cls
+        mine, theirs = model.hub_state_dict(), loaded.hub_state_dict()
+        assert mine.keys() == theirs.keys()
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0, equal_nan=True)  # bit for bit; unset NaN buffers too
+        return
+    required = [  # values for init arguments without defaults, so parsing reaches the check
+        f"--model.init_args.{p.name}={_VALUES[p.annotation if isinstance(p.annotation, type) else eval(p.annotation)]}"  # noqa: S307
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.name != "self" and p.default is inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD
+    ]
+    argv = ["fit", f"--model={path}", *required, "--data=SyntheticBinaryDataModule", f"--trainer.default_root_dir={tmp_path}"]
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a registered zoo module" in err[0] and cls.__name__ in err[0], err
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_unknown_entry_suggests_close_names() -> None:

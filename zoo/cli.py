@@ -1,14 +1,15 @@
-"""``zoo``: LightningCLI for fit/validate/test/predict, plus list, publish and reproduce.
+"""``zoo``: LightningCLI for fit/validate/test/predict, plus list, publish, verify and reproduce.
 
     zoo fit --config cards/anyloss/config.yaml
     zoo fit --model=AnyLossClassifier --data=SyntheticBinaryDataModule
     zoo list --markdown
     zoo publish --ckpt_path last.ckpt --local_dir hub/anyloss [--repo_id org/name --push]
+    zoo verify hub/anyloss [--tolerance 1e-6]
     zoo reproduce anyloss [--seeds 5] [--seed-offset 100]
 
 Bad input (an unknown entry, a missing config or checkpoint, a checkpoint of another class)
-ends with one line on stderr and exit code 2; a claim that was measured and did not hold
-exits with 1.
+ends with one line on stderr and exit code 2; a claim that was measured and did not hold,
+or a published model whose retrained metrics differ from its card's, exits with 1.
 """
 
 from __future__ import annotations
@@ -83,8 +84,40 @@ def cmd_publish(ckpt_path: str, local_dir: str, repo_id: str | None, push: bool,
     model = module_from_checkpoint(ckpt_path)
     model.save_pretrained(local_dir, metrics=measured, repo_id=repo_id, push_to_hub=push)
     where = f" and pushed to {repo_id}" if push else ""
-    print(f"published {model.zoo_entry().name} ({type(model).__name__}) to {local_dir}{where}")
+    entry, name = model.zoo_identity()
+    recipe = " with its training_config.yaml" if model.training_config is not None else ""
+    print(f"published {entry or 'shared module'} ({name}) to {local_dir}{recipe}{where}")
     return EXIT_OK
+
+
+def cmd_verify(path_or_repo_id: str, tolerance: float | None, threads: int | None, revision: str | None) -> int:
+    """Retrain from the folder's training_config.yaml, test, compare with its card: 0 match, 1 not."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from zoo.verify import verify
+
+    if tolerance is not None and not tolerance >= 0:
+        raise _BadInput(f"--tolerance must be >= 0, got {tolerance}")
+    console = Console()
+    console.print(f"[bold]zoo verify {path_or_repo_id}[/]: retraining from its training_config.yaml")
+    result = verify(path_or_repo_id, tolerance=tolerance, threads=threads, revision=revision)
+    precision = f"|measured - card| <= {tolerance:g}" if tolerance is not None else "equal at the card's precision"
+    table = Table(title=f"card vs retrained ({precision}; {result.threads} torch thread(s), {result.seconds:.0f} s)")
+    for column in ("metric", "card", "measured", "match"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for c in result.checks:
+        measured = "not logged" if c.measured is None else repr(c.measured)
+        table.add_row(c.name, repr(c.card), measured, "[green]yes[/]" if c.match else "[red]NO[/]")
+    console.print(table)
+    if result.weights_identical is not None:
+        console.print(f"retrained weights identical to the published ones: {'yes' if result.weights_identical else 'no'}")
+    if result.passed:
+        console.print(f"[green]verified[/]: all {len(result.checks)} card metrics reproduced")
+        return EXIT_OK
+    failed = [c.name for c in result.checks if not c.match]
+    console.print(f"[red]not verified[/]: {', '.join(failed)} differ from the card")
+    return EXIT_CLAIM_FAILED
 
 
 def _read_metrics(spec: str) -> dict[str, float]:
@@ -180,10 +213,10 @@ class _Parser(argparse.ArgumentParser):
 def _zoo_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="zoo",
-        description="balance-zoo: train (fit/validate/test/predict, LightningCLI), list, publish and reproduce entries.",
+        description="balance-zoo: train (fit/validate/test/predict, LightningCLI), list, publish, verify and reproduce entries.",
         exit_on_error=False,
     )
-    sub = parser.add_subparsers(dest="command", metavar="{fit,validate,test,predict,list,publish,reproduce}")
+    sub = parser.add_subparsers(dest="command", metavar="{fit,validate,test,predict,list,publish,verify,reproduce}")
     for name in LIGHTNING_COMMANDS:
         sub.add_parser(name, help=f"LightningCLI {name} (zoo {name} --help)")
     p_list = sub.add_parser("list", help="the registered entries")
@@ -195,6 +228,13 @@ def _zoo_parser() -> argparse.ArgumentParser:
     p_pub.add_argument("--repo_id", default=None)
     p_pub.add_argument("--push", action="store_true")
     p_pub.add_argument("--metrics", default=None, help="measured metrics for the card: a JSON file or inline JSON")
+    p_ver = sub.add_parser("verify", help="retrain a published model from its training_config.yaml and compare with its card")
+    p_ver.add_argument("path_or_repo_id", metavar="PATH_OR_REPO_ID")
+    p_ver.add_argument(
+        "--tolerance", type=float, default=None, help="absolute tolerance per metric (default: equal at the precision the card stores)"
+    )
+    p_ver.add_argument("--threads", type=int, default=None, help="torch threads (default: the count recorded in config.json)")
+    p_ver.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of a repo id")
     p_rep = sub.add_parser("reproduce", help="train method and baselines on the same seeds and check the paper's claim")
     p_rep.add_argument("name")
     p_rep.add_argument("--seeds", type=int, default=None, help="use seeds 0..N-1 instead of the claim's")
@@ -230,6 +270,8 @@ def _run(argv: list[str]) -> int:
         return cmd_list(ns.markdown, ns.write_readme)
     if ns.command == "publish":
         return cmd_publish(ns.ckpt_path, ns.local_dir, ns.repo_id, ns.push, ns.metrics)
+    if ns.command == "verify":
+        return cmd_verify(ns.path_or_repo_id, ns.tolerance, ns.threads, ns.revision)
     if ns.command == "reproduce":
         return cmd_reproduce(ns.name, ns.seeds, ns.out, ns.threads, ns.seed_offset)
     raise _BadInput(f"unknown command {argv[0]!r}")  # pragma: no cover - argparse rejects it first

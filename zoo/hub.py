@@ -1,29 +1,44 @@
 """``ZooModule``, the base of every trainable entry, and ``zoo.load``, the one way weights come in.
 
 A published entry is a folder (local or a Hub repo) holding ``model.safetensors``,
-``config.json`` and a rendered model card. ``config.json`` records the init arguments plus
-``architecture`` (the entry name), ``zoo_class`` and ``zoo_format_version``; ``zoo.load`` reads
-it, picks the class from the registry (never from an arbitrary import path in the file) and
-loads the weights with strict key matching. Nothing here unpickles unless the caller opts in,
-and then only with ``torch.load(weights_only=True)``.
+``config.json``, the rendered model card, ``training_config.yaml`` (the LightningCLI config of
+the run, which ``zoo verify`` retrains from) when the model was trained by ``zoo fit``, and the
+card's pictures. ``config.json`` (format 2) records the init arguments plus:
+
+- ``architecture``: the entry name (None for a shared module such as ``ContinualClassifier``);
+- ``zoo_class``: the class NAME, which the registry resolves, never an import path, so a file
+  can move without breaking a published model;
+- ``zoo_format_version``: 2; format-1 folders (``zoo_class`` an import path) still load: the
+  path's last component is looked up within the entry;
+- ``zoo_provenance``: zoo, torch, lightning and python versions, the git commit of the
+  checkout that trained it (when known), torch's thread count and the seed.
+
+``zoo.load`` picks the class from the registry and loads the weights with strict key matching.
+Lightning checkpoints carry the same identity in their ``zoo`` record. Nothing here unpickles
+unless the caller opts in, and then only with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
+import importlib.metadata
 import inspect
 import json
 import logging
 import os
 import pickle
+import platform
 import re
 import shutil
+import subprocess
 import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import lightning
 import torch
 from huggingface_hub import ModelCard, PyTorchModelHubMixin, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
@@ -31,24 +46,75 @@ from lightning.pytorch import LightningModule
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from zoo.errors import UnsafeCheckpointError, WrongClassError, ZooLoadError
-from zoo.registry import Entry, entry_for_class, get_entry
+from zoo.errors import UnknownEntryError, UnsafeCheckpointError, WrongClassError, ZooLoadError
+from zoo.registry import SHARED_MODULES, Entry, SharedModule, get_entry, module_identity, resolve_module_class
 
-__all__ = ["ZooModule", "load", "module_from_checkpoint", "fetch_checkpoint", "read_checkpoint", "FORMAT_VERSION", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = [
+    "ZooModule",
+    "load",
+    "module_from_checkpoint",
+    "fetch_checkpoint",
+    "read_checkpoint",
+    "provenance",
+    "FORMAT_VERSION",
+    "READABLE_FORMATS",
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "TRAINING_CONFIG_NAME",
+]
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: 1: ``zoo_class`` is an import path (before the identity change); 2: a class name + provenance.
+READABLE_FORMATS = (1, 2)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+TRAINING_CONFIG_NAME = "training_config.yaml"
 PICKLE_NAMES = ("pytorch_model.bin", "model.ckpt", "last.ckpt")
 MAX_CONFIG_BYTES = 1_000_000  # a config.json holds init arguments: kilobytes; a bigger one is refused unparsed
-RESERVED_KEYS = ("architecture", "zoo_class", "zoo_format_version")
+RESERVED_KEYS = ("architecture", "zoo_class", "zoo_format_version", "zoo_provenance")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_ROOT = Path(__file__).resolve().parent.parent
 
 
-def class_path(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
+@functools.lru_cache(maxsize=1)
+def _git_commit() -> str | None:
+    """The commit of the checkout this zoo runs from; None when not a git checkout or no git."""
+    if not (_ROOT / ".git").exists():
+        return None
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_ROOT, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = done.stdout.strip()
+    return commit if done.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", commit) else None
+
+
+def _zoo_version() -> str | None:
+    try:
+        return importlib.metadata.version("balance-zoo")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(seed: int | None = None) -> dict[str, Any]:
+    """Where a model comes from: package versions, git commit, torch's thread count and the seed.
+
+    ``seed`` defaults to the one ``seed_everything`` last set (``PL_GLOBAL_SEED``). The thread
+    count matters on CPU: a sum splits differently over threads, so ``zoo verify`` uses it.
+    """
+    if seed is None and os.environ.get("PL_GLOBAL_SEED", "").lstrip("-").isdigit():
+        seed = int(os.environ["PL_GLOBAL_SEED"])
+    return {
+        "zoo_version": _zoo_version(),
+        "git_commit": _git_commit(),
+        "torch": str(torch.__version__),  # a TorchVersion, which weights_only=True would refuse
+        "lightning": str(lightning.__version__),
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+        "seed": seed,
+    }
 
 
 class ZooModule(LightningModule, PyTorchModelHubMixin, library_name="balance-zoo", tags=["balance-zoo"]):
@@ -60,8 +126,40 @@ class ZooModule(LightningModule, PyTorchModelHubMixin, library_name="balance-zoo
 
     # ----------------------------------------------------------------------------- identity
     @classmethod
-    def zoo_entry(cls) -> Entry:
-        return entry_for_class(cls)
+    def zoo_identity(cls) -> tuple[str | None, str]:
+        """``(entry name, class name)`` as published; the entry is None for a shared module."""
+        return module_identity(cls)
+
+    @classmethod
+    def zoo_entry(cls) -> Entry | None:
+        """The entry this class publishes under; None for a shared module (no entry's own)."""
+        entry, _ = module_identity(cls)
+        return None if entry is None else get_entry(entry)
+
+    def _zoo_identity_record(self) -> dict[str, Any]:
+        entry, name = self.zoo_identity()
+        return {"architecture": entry, "zoo_class": name, "zoo_format_version": FORMAT_VERSION}
+
+    # ----------------------------------------------------------------------------- training run
+    def record_training_run(self, training_config: str | None, seed: int | None = None) -> None:
+        """Remember the LightningCLI config (YAML text) and seed of the run training this model.
+
+        ``zoo fit`` calls it before training; checkpoints keep it and ``zoo publish`` writes it
+        to ``training_config.yaml``, from which ``zoo verify`` retrains.
+        """
+        self._zoo_run = {"training_config": training_config, "seed": seed, "provenance": None}
+
+    @property
+    def training_config(self) -> str | None:
+        """The LightningCLI config (YAML) that trained this model, when it is known."""
+        return self._zoo_run_record().get("training_config")
+
+    def _zoo_run_record(self) -> dict[str, Any]:
+        return self.__dict__.get("_zoo_run") or {}
+
+    def zoo_provenance(self) -> dict[str, Any]:
+        """The provenance recorded when this model's checkpoint was saved, else measured now."""
+        return self._zoo_run_record().get("provenance") or provenance(self._zoo_run_record().get("seed"))
 
     def init_args(self) -> dict[str, Any]:
         """The JSON-able init arguments recorded by ``save_hyperparameters``."""
@@ -76,13 +174,8 @@ class ZooModule(LightningModule, PyTorchModelHubMixin, library_name="balance-zoo
         return args
 
     def hub_config(self) -> dict[str, Any]:
-        """``config.json``: the init arguments plus the entry name, class and format version."""
-        return {
-            **self.init_args(),
-            "architecture": self.zoo_entry().name,
-            "zoo_class": class_path(type(self)),
-            "zoo_format_version": FORMAT_VERSION,
-        }
+        """``config.json``: the init arguments, the entry and class names, format and provenance."""
+        return {**self.init_args(), **self._zoo_identity_record(), "zoo_provenance": self.zoo_provenance()}
 
     #: state_dict key prefixes kept in Lightning checkpoints but not published (replay
     #: buffers, frozen teachers loaded by name): ``zoo.load`` rebuilds them from the init args.
@@ -97,6 +190,12 @@ class ZooModule(LightningModule, PyTorchModelHubMixin, library_name="balance-zoo
         # clone: safetensors refuses tensors that share memory (tied weights)
         state = {k: v.detach().cpu().clone().contiguous() for k, v in self.hub_state_dict().items()}
         save_file(state, str(Path(save_directory) / WEIGHTS_NAME), metadata={"format": "pt"})
+        if self.training_config is not None:
+            (Path(save_directory) / TRAINING_CONFIG_NAME).write_text(self.training_config)
+        entry = self.zoo_entry()
+        if entry is not None and entry.card_dir.is_dir():  # the card's pictures, which README.md shows
+            for picture in sorted(entry.card_dir.glob("*.png")):
+                shutil.copyfile(picture, Path(save_directory) / picture.name)
 
     def save_pretrained(  # type: ignore[override]
         self,
@@ -109,7 +208,8 @@ class ZooModule(LightningModule, PyTorchModelHubMixin, library_name="balance-zoo
         model_card_kwargs: dict[str, Any] | None = None,
         **push_to_hub_kwargs: Any,
     ) -> str | None:
-        """Write ``model.safetensors``, ``config.json`` and the rendered card; optionally push.
+        """Write ``model.safetensors``, ``config.json``, the rendered card, ``training_config.yaml``
+        (when known) and the card's pictures; optionally push.
 
         ``metrics`` (measured, e.g. from ``trainer.test``) go into the card's model-index.
         ``config`` and ``model_card_kwargs`` exist because the mixin's ``push_to_hub`` calls
@@ -135,7 +235,15 @@ class ZooModule(LightningModule, PyTorchModelHubMixin, library_name="balance-zoo
     def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
         from zoo.cards import render_card
 
-        return render_card(self.zoo_entry(), self.init_args(), metrics=kwargs.get("metrics"), repo_id=kwargs.get("repo_id"))
+        entry, name = self.zoo_identity()
+        owner: Entry | SharedModule = get_entry(entry) if entry is not None else next(s for s in SHARED_MODULES if s.name == name)
+        return render_card(
+            owner,
+            self.init_args(),
+            metrics=kwargs.get("metrics"),
+            repo_id=kwargs.get("repo_id"),
+            provenance=self.zoo_provenance(),
+        )
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
@@ -145,15 +253,15 @@ class ZooModule(LightningModule, PyTorchModelHubMixin, library_name="balance-zoo
 
     # ----------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["zoo"] = {
-            "architecture": self.zoo_entry().name,
-            "zoo_class": class_path(type(self)),
-            "zoo_format_version": FORMAT_VERSION,
-        }
+        """The ``zoo`` record: the published identity, provenance and the run's config."""
+        record = {**self._zoo_identity_record(), "zoo_provenance": provenance(self._zoo_run_record().get("seed"))}
+        if self.training_config is not None:
+            record["training_config"] = self.training_config
+        checkpoint["zoo"] = record
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("zoo", {}).get("zoo_class")
-        if saved is not None and saved != class_path(type(self)):
+        if isinstance(saved, str) and saved.rpartition(".")[2] != type(self).__name__:
             raise WrongClassError(
                 f"checkpoint holds a {saved.rpartition('.')[2]}, not a {type(self).__qualname__}; "
                 f"pick the matching --model or use zoo publish, which reads the class from the checkpoint"
@@ -176,17 +284,15 @@ def load(
 ) -> ZooModule:
     """Load a published entry from a local folder or a Hub repo id, in eval mode.
 
-    ``config.json`` names the entry; the class comes from the registry. ``overrides`` replace
-    init arguments (e.g. ``lr=...``); weights must match the built model key for key.
+    ``config.json`` names the entry and class; the class comes from the registry (format 1 and
+    2 folders). ``overrides`` replace init arguments (e.g. ``lr=...``); weights must match the
+    built model key for key.
     A folder that holds only pickled weights is refused unless ``allow_pickle=True``, and even
     then it is read with ``torch.load(weights_only=True)``.
     """
     source = _Source(path_or_repo_id, revision, cache_dir, token, local_files_only, force_download)
     config = source.read_config()
     cls = _registered_class(config, expected_class, source)
-    version = config.get("zoo_format_version")
-    if version != FORMAT_VERSION:
-        raise ZooLoadError(f"{source}: zoo_format_version {version!r} is not supported (this zoo reads {FORMAT_VERSION})")
     init_args = {k: v for k, v in config.items() if k not in RESERVED_KEYS}
     init_args.update(overrides)
     model = _build(cls, init_args, source)
@@ -196,14 +302,30 @@ def load(
 
 
 def _registered_class(record: dict[str, Any], expected_class: type | None, source: object) -> type:
-    """The class a ``config.json`` or checkpoint record names, taken only from the registry's list."""
-    entry = get_entry(str(record.get("architecture")))
-    saved_class = record.get("zoo_class")
-    if saved_class not in entry.module_paths:
-        raise ZooLoadError(f"{source}: records class {saved_class!r}, but entry {entry.name!r} publishes {list(entry.module_paths)}")
-    cls = entry.load_module_class(saved_class)
+    """The class a ``config.json`` or checkpoint record names, taken only from the registry.
+
+    Format 2 records a class name; format 1 an import path, of which only the last component
+    is used (looked up within the entry), so folders published before a file move still load.
+    """
+    version = record.get("zoo_format_version")
+    if version not in READABLE_FORMATS:
+        raise ZooLoadError(f"{source}: zoo_format_version {version!r} is not supported (this zoo reads {list(READABLE_FORMATS)})")
+    entry, saved_class = record.get("architecture"), record.get("zoo_class")
+    if entry is not None and not isinstance(entry, str):
+        raise ZooLoadError(f"{source}: 'architecture' must be an entry name, got {entry!r}")
+    if entry is None and version == 1:
+        raise ZooLoadError(f"{source}: a format-1 record must name its entry in 'architecture'")
+    if entry is not None:
+        get_entry(entry)  # an unknown entry: UnknownEntryError with close names
+    if not isinstance(saved_class, str) or (version == 2 and "." in saved_class):
+        raise ZooLoadError(f"{source}: 'zoo_class' must be a class name, got {saved_class!r}")
+    try:
+        cls = resolve_module_class(entry, saved_class)
+    except UnknownEntryError as err:
+        raise ZooLoadError(f"{source}: records class {saved_class!r}, but {err}") from None
     if expected_class is not None and not issubclass(cls, expected_class):
-        raise WrongClassError(f"{source} holds a {cls.__qualname__} ({entry.name}), not a {expected_class.__qualname__}")
+        owner = f" ({entry})" if entry else ""
+        raise WrongClassError(f"{source} holds a {cls.__qualname__}{owner}, not a {expected_class.__qualname__}")
     return cls
 
 
@@ -350,7 +472,8 @@ def module_from_checkpoint(ckpt_path: str | Path, expected_class: type | None = 
 
     The class comes from the registry through the ``zoo`` record that :class:`ZooModule`
     writes into every checkpoint, so a checkpoint of another class, or not of this zoo at
-    all, is refused with a clear error instead of loading half its keys.
+    all, is refused with a clear error instead of loading half its keys. The record's training
+    config and provenance travel on to :meth:`ZooModule.save_pretrained`.
     """
     path = fetch_checkpoint(ckpt_path)
     ckpt = read_checkpoint(path, name=str(ckpt_path))
@@ -362,6 +485,12 @@ def module_from_checkpoint(ckpt_path: str | Path, expected_class: type | None = 
     cls = _registered_class(record, expected_class, ckpt_path)
     model = _build(cls, {k: v for k, v in hparams.items() if not str(k).startswith("_")}, ckpt_path)
     _load_state_strict(model, ckpt["state_dict"], ckpt_path)
+    config, recorded = record.get("training_config"), record.get("zoo_provenance")
+    model._zoo_run = {
+        "training_config": config if isinstance(config, str) else None,
+        "seed": recorded.get("seed") if isinstance(recorded, dict) else None,
+        "provenance": recorded if isinstance(recorded, dict) else None,
+    }
     return model.eval()
 
 

@@ -17,12 +17,14 @@ __all__ = ["build_lightning_cli"]
 def _import_all_entries() -> None:
     """Import every registered class and the datamodules, so LightningCLI resolves short names."""
     import zoo.datamodules  # noqa: F401
-    from zoo.registry import list_entries
+    from zoo.registry import SHARED_MODULES, list_entries
 
     for entry in list_entries():
         entry.load_target()
         for path in entry.module_paths:
             entry.load_module_class(path)
+    for shared in SHARED_MODULES:
+        shared.load()
 
 
 def build_lightning_cli(args: Sequence[str], *, run: bool = True) -> Any:
@@ -38,6 +40,16 @@ def build_lightning_cli(args: Sequence[str], *, run: bool = True) -> Any:
                 warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
                 super().parse_arguments(parser, args)
             _check_ckpt_path(self.config)  # before LightningCLI reads it, seeds or builds anything
+            _check_registered_model(self.config)
+
+        def after_instantiate_classes(self) -> None:
+            """Hand the run's config (seed resolved) to the model: checkpoints keep it, zoo publish
+            writes it as training_config.yaml, zoo verify retrains from it."""
+            if isinstance(self.model, ZooModule):
+                config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+                text = _training_config(self._parser(self.subcommand).dump(config, skip_none=False))
+                seed = config.get("seed_everything")
+                self.model.record_training_run(text, seed if isinstance(seed, int) and not isinstance(seed, bool) else None)
 
     _import_all_entries()
     return ZooCLI(
@@ -52,6 +64,42 @@ def build_lightning_cli(args: Sequence[str], *, run: bool = True) -> Any:
         # in-process runs (reproduce, tests) write no config.yaml beside the caller
         save_config_callback=SaveConfigCallback if run else None,
     )
+
+
+def _check_registered_model(config: Any) -> None:
+    """Refuse, in one line and before anything is built, a ``--model`` the registry does not list
+    (an abstract template such as ClassifierModule, a private base, a user's own ZooModule): what
+    ``zoo fit`` trains must be publishable, and ``config.json`` can only name registered classes."""
+    from zoo.registry import import_object, module_identity
+
+    subcommand = config.get("subcommand")
+    section = config[subcommand] if subcommand else config
+    model = section.get("model") if section is not None else None
+    path = model.get("class_path") if model is not None and hasattr(model, "get") else None
+    if not isinstance(path, str):
+        return
+    from zoo.errors import UnknownEntryError
+
+    try:
+        module_identity(import_object(path))  # type: ignore[arg-type]
+    except UnknownEntryError:
+        raise UnknownEntryError(
+            f"--model {path.rpartition('.')[2]}: not a registered zoo module, so what it trains could not be published; "
+            f"pick an entry's module or a shared one (zoo list), or register it in zoo/registry.py"
+        ) from None
+
+
+def _training_config(dumped: str) -> str:
+    """The dumped LightningCLI config minus what belongs to this machine or run, not the recipe:
+    ``ckpt_path`` (a resumed run's file) and ``trainer.default_root_dir`` (where it wrote)."""
+    import yaml
+
+    config = yaml.safe_load(dumped)
+    config.pop("ckpt_path", None)
+    config.pop("config", None)
+    if isinstance(config.get("trainer"), dict):
+        config["trainer"].pop("default_root_dir", None)
+    return yaml.safe_dump(config, sort_keys=False)
 
 
 #: names Lightning resolves to checkpoints its own ModelCheckpoint wrote in this run's folder

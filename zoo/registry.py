@@ -2,6 +2,12 @@
 
 Every test, the README table and ``zoo.load`` are driven from this table, so an entry
 exists the day it is registered here and nowhere else.
+
+Published identity: a hub folder or checkpoint names its class by (entry name, class name),
+never by import path; :func:`resolve_module_class` maps that pair to the class through the
+import paths listed here, so a file can move without breaking a published model. ZooModules
+shared by several entries (templates, baselines) sit in :data:`SHARED_MODULES` and publish with
+no entry. Class names are unique across both tables.
 """
 
 from __future__ import annotations
@@ -14,7 +20,19 @@ from typing import Literal
 
 from zoo.errors import UnknownEntryError
 
-__all__ = ["Entry", "list_entries", "get_entry", "entry_for_class", "CARDS_DIR", "import_object"]
+__all__ = [
+    "Entry",
+    "SharedModule",
+    "SHARED_MODULES",
+    "list_entries",
+    "get_entry",
+    "entry_for_class",
+    "module_identity",
+    "resolve_module_class",
+    "class_name",
+    "CARDS_DIR",
+    "import_object",
+]
 
 Kind = Literal["module", "callback", "loss", "optimizer", "algorithm"]
 KINDS: tuple[str, ...] = ("module", "callback", "loss", "optimizer", "algorithm")
@@ -27,6 +45,11 @@ def import_object(path: str) -> object:
     """Import ``package.module.Name`` and return ``Name``."""
     module_name, _, attr = path.rpartition(".")
     return getattr(importlib.import_module(module_name), attr)
+
+
+def class_name(path: str) -> str:
+    """The class name an import path ends with: ``zoo.bcd.BCDModule`` -> ``BCDModule``."""
+    return path.rpartition(".")[2]
 
 
 @dataclass(frozen=True)
@@ -65,18 +88,29 @@ class Entry:
         return (self.module_path, *self.extra_modules)
 
     @property
+    def module_class_names(self) -> tuple[str, ...]:
+        """The class names published under this entry (what ``config.json`` records), default first."""
+        return tuple(class_name(p) for p in self.module_paths)
+
+    @property
     def card_dir(self) -> Path:
         return CARDS_DIR / self.card
 
     def load_target(self) -> type:
         return import_object(self.target)  # type: ignore[return-value]
 
-    def load_module_class(self, path: str | None = None) -> type:
-        """The default ZooModule, or the one at ``path`` if the entry lists it."""
-        path = path or self.module_path
-        if path not in self.module_paths:
-            raise UnknownEntryError(f"entry {self.name!r} publishes {list(self.module_paths)}, not {path!r}")
-        return import_object(path)  # type: ignore[return-value]
+    def load_module_class(self, name: str | None = None) -> type:
+        """The default ZooModule, or the one called ``name``.
+
+        ``name`` is a class name or an import path; only its last component counts, so an old
+        path recorded before a file move still finds the class where the registry now lists it.
+        """
+        if name is None:
+            return import_object(self.module_path)  # type: ignore[return-value]
+        for path in self.module_paths:
+            if class_name(path) == class_name(name):
+                return import_object(path)  # type: ignore[return-value]
+        raise UnknownEntryError(f"entry {self.name!r} publishes {list(self.module_class_names)}, not {name!r}")
 
     @property
     def arxiv_url(self) -> str | None:
@@ -204,6 +238,31 @@ _ENTRIES: tuple[Entry, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class SharedModule:
+    """A ZooModule that several entries build on (a template or a baseline) and that publishes
+    with no entry: ``zoo fit --model <name>`` trains it, so ``zoo publish`` must take it too."""
+
+    path: str
+    summary: str
+
+    @property
+    def name(self) -> str:
+        return class_name(self.path)
+
+    def load(self) -> type:
+        return import_object(self.path)  # type: ignore[return-value]
+
+
+#: Shared ZooModules, by import path; ``config.json`` records only their class name.
+SHARED_MODULES: tuple[SharedModule, ...] = (
+    SharedModule(
+        path="zoo.templates.continual.ContinualClassifier",
+        summary="A continual-learning classifier (fine-tuning, ER or ER-ACE): the baseline of coin and adab2n.",
+    ),
+)
+
+
 def list_entries(kind: str | None = None) -> list[Entry]:
     """All registered entries, optionally only those of one ``kind``."""
     if kind is not None and kind not in KINDS:
@@ -222,11 +281,41 @@ def get_entry(name: str) -> Entry:
     raise UnknownEntryError(f"unknown entry {name!r}{hint} (zoo list shows all {len(names)})")
 
 
+def resolve_module_class(entry: str | None, name: str) -> type:
+    """The ZooModule class a published identity names: an entry's class, or a shared one when
+    ``entry`` is None. ``name`` may be a format-1 import path: its last component is used."""
+    if entry is not None:
+        return get_entry(entry).load_module_class(name)
+    for shared in SHARED_MODULES:
+        if shared.name == class_name(name):
+            return shared.load()
+    known = [s.name for s in SHARED_MODULES]
+    raise UnknownEntryError(f"{name!r} is not a shared zoo module (shared: {known}); an entry's class needs its entry name")
+
+
+def module_identity(cls: type) -> tuple[str | None, str]:
+    """``(entry name or None for a shared module, class name)``: what ``config.json`` records.
+
+    Only the exact class counts (a subclass is a different model); the check imports the one
+    registered path with that class name and compares the objects.
+    """
+    for entry in _ENTRIES:
+        for path in entry.module_paths:
+            if class_name(path) == cls.__name__ and import_object(path) is cls:
+                return entry.name, cls.__name__
+    for shared in SHARED_MODULES:
+        if shared.name == cls.__name__ and shared.load() is cls:
+            return None, cls.__name__
+    raise UnknownEntryError(
+        f"{cls.__module__}.{cls.__qualname__} is not registered, so it cannot be published: list it in an entry's "
+        f"module/extra_modules or in SHARED_MODULES (zoo/registry.py)"
+    )
+
+
 def entry_for_class(cls: type) -> Entry:
     """The entry whose ZooModule is ``cls`` (or a parent of it)."""
     for klass in cls.__mro__:
-        path = f"{klass.__module__}.{klass.__qualname__}"
         for entry in _ENTRIES:
-            if path in entry.module_paths:
+            if any(class_name(p) == klass.__name__ and import_object(p) is klass for p in entry.module_paths):
                 return entry
     raise UnknownEntryError(f"{cls.__qualname__} is not the module of any registered entry")

@@ -1,5 +1,6 @@
-"""Hub safety and loading: the save_pretrained -> zoo.load round trip, refusal of pickles and
-foreign or mismatched files, and the class checks on Lightning checkpoints.
+"""Hub safety and loading: the save_pretrained -> zoo.load round trip, the published identity
+(format 2 and format-1 folders, a class whose file moved, provenance, training config), refusal
+of pickles and foreign or mismatched files, and the class checks on Lightning checkpoints.
 
 A malicious pickle here is real: its ``__reduce__`` runs ``exec`` that writes a marker file, and
 ``test_malicious_payload_is_live`` shows that an unsafe load does run it, so the tests that find
@@ -9,11 +10,15 @@ that the tests do not depend on which ``zoo`` the test runner's ``sys.path`` fin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
+import sys
+import types
 from pathlib import Path
 
 import pytest
+import lightning
 import torch
 import yaml
 from lightning.pytorch import LightningModule, Trainer
@@ -22,8 +27,11 @@ from safetensors.torch import load_file, save_file
 from zoo.datamodules.tabular import SyntheticBinaryDataModule
 from zoo.anyloss import AnyLossClassifier
 from zoo.errors import UnknownEntryError, UnsafeCheckpointError, WrongClassError, ZooLoadError
+import zoo.anyloss
+import zoo.registry
 from zoo.hub import FORMAT_VERSION, ZooModule, load, module_from_checkpoint
 from zoo.neural_collapse import DeepLinearUFM
+from zoo.templates.continual import ContinualClassifier
 
 ARGS = {"input_dim": 6, "hidden_dims": [8, 4], "loss": "bce", "lr": 0.02}
 
@@ -82,7 +90,8 @@ def outputs(module: torch.nn.Module, n_features: int = 6) -> torch.Tensor:
 def test_round_trip_config_and_card(model: AnyLossClassifier, tmp_path: Path) -> None:
     out = tmp_path / "published"
     model.save_pretrained(out, metrics={"test/f1": 0.625, "test/balanced_accuracy": 0.75})
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    pictures = sorted(p.name for p in zoo.registry.get_entry("anyloss").card_dir.glob("*.png"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(["README.md", "config.json", "model.safetensors", *pictures])
 
     loaded, via_class = load(out), AnyLossClassifier.from_pretrained(out)
     for other in (loaded, via_class):
@@ -92,13 +101,20 @@ def test_round_trip_config_and_card(model: AnyLossClassifier, tmp_path: Path) ->
     assert not torch.equal(outputs(AnyLossClassifier(**ARGS)), outputs(model))  # a fresh init differs
 
     config = json.loads((out / "config.json").read_text())
-    assert config == {
+    provenance = config.pop("zoo_provenance")
+    assert FORMAT_VERSION == 2 and config == {
         **dict(AnyLossClassifier(**ARGS).hparams),
         "architecture": "anyloss",
-        "zoo_class": "zoo.anyloss.AnyLossClassifier",
-        "zoo_format_version": FORMAT_VERSION,
+        "zoo_class": "AnyLossClassifier",  # a name the registry resolves, never an import path
+        "zoo_format_version": 2,
     }
     assert config["input_dim"] == 6 and config["lr"] == 0.02
+    assert "zoo.anyloss" not in (out / "config.json").read_text()
+    assert provenance["torch"] == torch.__version__ and provenance["lightning"] == lightning.__version__
+    assert provenance["python"] == ".".join(map(str, sys.version_info[:3])) and provenance["torch_threads"] == 1
+    assert provenance["zoo_version"] and "seed" in provenance
+    commit = provenance["git_commit"]  # this suite runs from a git checkout
+    assert commit is None or (len(commit) == 40 and int(commit, 16) >= 0)
 
     text = (out / "README.md").read_text()
     assert text.startswith("---\n")
@@ -107,6 +123,50 @@ def test_round_trip_config_and_card(model: AnyLossClassifier, tmp_path: Path) ->
     results = meta["model-index"][0]["results"]
     measured = {m["type"]: m["value"] for r in results for m in r["metrics"]}
     assert measured == {"test/f1": 0.625, "test/balanced_accuracy": 0.75}
+
+
+# ------------------------------------------------------------------------------ identity
+V1_CONFIG = {**ARGS, "architecture": "anyloss", "zoo_class": "zoo.anyloss.AnyLossClassifier", "zoo_format_version": 1}
+
+
+def format1_folder(tmp_path: Path, model: AnyLossClassifier) -> Path:
+    """A folder as the zoo wrote it before the identity change: an import path, no provenance."""
+    folder = tmp_path / "v1"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(V1_CONFIG))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    return folder
+
+
+def test_format1_folder_loads(tmp_path: Path, model: AnyLossClassifier) -> None:
+    loaded = load(format1_folder(tmp_path, model))
+    assert type(loaded) is AnyLossClassifier and torch.equal(outputs(loaded), outputs(model))
+    assert loaded.hparams["hidden_dims"] == [8, 4]
+
+
+def test_folders_load_after_a_file_move(tmp_path: Path, model: AnyLossClassifier, folder: Path) -> None:
+    v1 = format1_folder(tmp_path, model)
+    ckpt = save_checkpoint(model, tmp_path / "model.ckpt")
+    # the move: the class now lives in another module, its old path is gone, the registry lists the new one
+    with pytest.MonkeyPatch.context() as patch:
+        relocated = types.ModuleType("zoo_relocated_models")
+        relocated.AnyLossClassifier = AnyLossClassifier  # type: ignore[attr-defined]
+        patch.setitem(sys.modules, "zoo_relocated_models", relocated)
+        patch.delattr(zoo.anyloss, "AnyLossClassifier")
+        entries = tuple(
+            dataclasses.replace(e, module="zoo_relocated_models.AnyLossClassifier") if e.name == "anyloss" else e
+            for e in zoo.registry._ENTRIES
+        )
+        patch.setattr(zoo.registry, "_ENTRIES", entries)
+        with pytest.raises(AttributeError):  # the old import path no longer exists
+            zoo.registry.import_object("zoo.anyloss.AnyLossClassifier")
+        for published in (folder, v1):  # saved before the move, in format 2 and format 1
+            loaded = load(published)
+            assert type(loaded) is AnyLossClassifier and torch.equal(outputs(loaded), outputs(model))
+        assert torch.equal(outputs(module_from_checkpoint(ckpt)), outputs(model))
+        model.save_pretrained(tmp_path / "after")  # published after the move: same identity
+        assert json.loads((tmp_path / "after" / "config.json").read_text())["zoo_class"] == "AnyLossClassifier"
+        assert torch.equal(outputs(load(tmp_path / "after")), outputs(model))
 
 
 def test_card_without_metrics_claims_none(folder: Path) -> None:
@@ -212,11 +272,17 @@ def test_unknown_architecture(folder: Path) -> None:
 
 
 def test_zoo_class_disagreeing_with_registry_is_refused(folder: Path) -> None:
-    edit_config(folder, zoo_class="zoo.neural_collapse.DeepLinearUFM")
-    with pytest.raises(ZooLoadError, match="DeepLinearUFM"):
+    edit_config(folder, zoo_class="DeepLinearUFM")  # registered, but under another entry
+    with pytest.raises(ZooLoadError, match=r"'DeepLinearUFM', but entry 'anyloss' publishes \['AnyLossClassifier'\]"):
         load(folder)
-    edit_config(folder, zoo_class="os.system")  # never imported: the class comes from the registry
+    edit_config(folder, zoo_class="os.system")  # never imported: format 2 records names only
+    with pytest.raises(ZooLoadError, match="must be a class name, got 'os.system'"):
+        load(folder)
+    edit_config(folder, zoo_class="os.system", zoo_format_version=1)  # format 1: only 'system' is looked up
     with pytest.raises(ZooLoadError, match="os.system"):
+        load(folder)
+    edit_config(folder, architecture=None, zoo_class="AnyLossClassifier", zoo_format_version=2)  # not a shared module
+    with pytest.raises(ZooLoadError, match="not a shared zoo module"):
         load(folder)
 
 
@@ -224,6 +290,53 @@ def test_unsupported_format_version(folder: Path) -> None:
     edit_config(folder, zoo_format_version=FORMAT_VERSION + 1)
     with pytest.raises(ZooLoadError, match="zoo_format_version"):
         load(folder)
+
+
+def test_shared_module_publishes_without_an_entry(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    shared = ContinualClassifier(hidden_dims=[8], input_dim=6, num_classes=3)
+    shared.save_pretrained(tmp_path / "shared")
+    config = json.loads((tmp_path / "shared" / "config.json").read_text())
+    assert (config["architecture"], config["zoo_class"]) == (None, "ContinualClassifier")
+    loaded = load(tmp_path / "shared")
+    assert type(loaded) is ContinualClassifier and torch.equal(outputs(loaded), outputs(shared.eval()))
+    assert "# ContinualClassifier" in (tmp_path / "shared" / "README.md").read_text()
+
+
+def test_unregistered_subclass_is_refused_with_the_fix(tmp_path: Path) -> None:
+    class MyClassifier(AnyLossClassifier):  # a user's subclass: a different model, not AnyLossClassifier
+        pass
+
+    with pytest.raises(UnknownEntryError, match="MyClassifier is not registered.*SHARED_MODULES"):
+        MyClassifier(**ARGS).save_pretrained(tmp_path / "mine")
+
+
+def test_training_config_and_provenance_travel_from_checkpoint_to_folder(tmp_path: Path, model: AnyLossClassifier) -> None:
+    recipe = "seed_everything: 7\nmodel:\n  class_path: zoo.anyloss.AnyLossClassifier\n"
+    model.record_training_run(recipe, seed=7)
+    ckpt = torch.load(save_checkpoint(model, tmp_path / "run.ckpt"), weights_only=True)
+    record = ckpt["zoo"]
+    assert (record["architecture"], record["zoo_class"], record["zoo_format_version"]) == ("anyloss", "AnyLossClassifier", 2)
+    assert record["training_config"] == recipe and record["zoo_provenance"]["seed"] == 7
+
+    rebuilt = module_from_checkpoint(tmp_path / "run.ckpt")
+    assert rebuilt.training_config == recipe
+    rebuilt.save_pretrained(tmp_path / "hub")
+    assert (tmp_path / "hub" / "training_config.yaml").read_text() == recipe
+    config = json.loads((tmp_path / "hub" / "config.json").read_text())
+    assert config["zoo_provenance"] == record["zoo_provenance"]  # the training run's, not the publisher's
+    assert "| seed | `7` |" in (tmp_path / "hub" / "README.md").read_text()
+
+
+def test_card_pictures_are_copied(tmp_path: Path, model: AnyLossClassifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    cards = tmp_path / "cards"
+    (cards / "anyloss").mkdir(parents=True)
+    (cards / "anyloss" / "claim.png").write_bytes(b"\x89PNG fake")
+    (cards / "anyloss" / "notes.txt").write_text("not a picture")
+    monkeypatch.setattr(zoo.registry, "CARDS_DIR", cards)
+    model.save_pretrained(tmp_path / "hub")
+    assert (tmp_path / "hub" / "claim.png").read_bytes() == b"\x89PNG fake"
+    assert not (tmp_path / "hub" / "notes.txt").exists()
 
 
 @pytest.mark.parametrize("change", ["missing", "extra"])

@@ -24,9 +24,12 @@ from safetensors.torch import load as load_safetensors
 from zoo import cli
 from zoo.anyloss import AnyLossClassifier
 from zoo.hub import load
+from zoo.registry import get_entry
 
 TOKEN = "hf_dummy_token_for_the_fake_hub"
-FILES = {"README.md", "config.json", "model.safetensors"}
+#: what a folder of a model built in code holds (no training_config.yaml: no zoo fit run), plus
+#: the card's pictures when the entry has some
+FILES = {"README.md", "config.json", "model.safetensors"} | {p.name for p in get_entry("anyloss").card_dir.glob("*.png")}
 
 
 def _import_hub_server():  # tests/ is not a package: load the stand-in by path
@@ -131,6 +134,7 @@ def test_zoo_publish_push(fake_hub, tmp_path: Path, capsys: pytest.CaptureFixtur
         assert pushed[name] == (local / name).read_bytes(), name
     config = json.loads(pushed["config.json"])
     assert config["architecture"] == "anyloss" and config["loss"] == "wbce" and config["hidden_dims"] == [4]
+    assert config["zoo_class"] == "AnyLossClassifier" and config["zoo_format_version"] == 2
     card = pushed["README.md"].decode()
     assert "value: 0.875" in card and "value: 0.5" in card
     assert_same_model(pushed, model, tmp_path)

@@ -2,30 +2,27 @@
 
 The reference :func:`naive_update` is written apart from the module, per tensor and in float64,
 following the official ``ema_update`` (JingyangQiao/CoIN, ``CoIN/peft/tuners/lora.py``).
-Every Lightning test uses a small LightningModule and DataModule defined here (batches
-``(x, y)``), not the zoo's own classes.
+Every Lightning test uses the foreign classifier of ``tests/conftest.py`` (batches ``(x, y)``)
+and a continual DataModule defined here, not the zoo's own classes.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
+from lightning.pytorch import Callback, LightningDataModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from tests.conftest import TRAINER_KWARGS, CrashAt, ForeignClassifier, Job, SimulatedCrash, run_ddp
 from zoo.callbacks.dynamic_ema import DynamicEMA, TaskEndEMA, _norms, balance_weights, dynamic_ema_update
 
 torch.set_num_threads(1)
-
-TRAINER_KWARGS = dict(
-    accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0
-)
 
 
 # ------------------------------------------------------------------------------ references
@@ -120,30 +117,18 @@ def test_norms_fast_path_equals_foreach_norm() -> None:
 
 
 # ------------------------------------------------------------------------ Lightning pieces
-class TinyNet(LightningModule):
-    """A plain classifier that knows nothing of the zoo: ``(x, y)`` batches, SGD."""
+class TinyNet(ForeignClassifier):
+    """The foreign classifier (6 -> 32 -> 3, SGD lr 0.5) that also records the first layer validation sees."""
 
     def __init__(self, lr: float = 0.5) -> None:
-        super().__init__()
-        self.lr = lr
-        self.net = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3))
+        super().__init__(in_features=6, hidden=32, num_classes=3, lr=lr)
         self.val_weights: list[torch.Tensor] = []
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
         if batch_idx == 0:
             self.val_weights.append(self.net[0].weight.detach().clone())
         x, y = batch
         self.log("val_loss", F.cross_entropy(self(x), y))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
 def tiny_data(n: int = 96, seed: int = 0) -> TensorDataset:
@@ -317,15 +302,6 @@ def test_arguments_are_checked() -> None:
 
 
 # ------------------------------------------------------------------------- crash and resume
-class CrashAt(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated crash")
-
-
 @pytest.mark.parametrize("crash_epoch", [1, 2, 3])  # mid-task, right after a task end, mid second task
 def test_crash_and_resume_continues_exactly(tmp_path: Path, crash_epoch: int) -> None:
     common = dict(max_epochs=4, reload_dataloaders_every_n_epochs=1)
@@ -333,7 +309,7 @@ def test_crash_and_resume_continues_exactly(tmp_path: Path, crash_epoch: int) ->
     reference, _ = fit([reference_ema], datamodule=TwoTasks(), **common)
 
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=-1)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with pytest.raises(SimulatedCrash):
         fit([DynamicEMA(), ckpt, CrashAt(crash_epoch)], datamodule=TwoTasks(), **{**common, "enable_checkpointing": True})
     resumed_ema = DynamicEMA()
     seed_everything(1)  # a different global RNG state must not matter
@@ -370,7 +346,7 @@ def test_state_dict_before_setup_is_applied_at_setup(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------ DDP
 class DumpState(Callback):
-    """Every rank writes its averaged weights, model and callback counters to ``tmp_path``."""
+    """Every rank writes its averaged weights, model and callback counters to ``path``."""
 
     def __init__(self, path: Path, ema: DynamicEMA) -> None:
         self.path, self.ema = path, ema
@@ -388,24 +364,24 @@ class DumpState(Callback):
         )
 
 
-def _run(path: Path, devices: int, strategy: str, loader: DataLoader) -> None:
-    seed_everything(0)
-    ema = DynamicEMA(replace_at_train_end=False)  # compare the average itself, not only the copy
-    trainer = Trainer(
-        max_epochs=2, devices=devices, strategy=strategy, callbacks=[ema, DumpState(path, ema)], enable_checkpointing=False, **TRAINER_KWARGS
-    )
-    trainer.fit(TinyNet(), loader)
+def ema_job(path: Path, batch_size: int, sampler: Sampler | None = None) -> Job:
+    """DynamicEMA without the train-end copy (so the average itself is compared) on the foreign classifier."""
+    path.mkdir(parents=True, exist_ok=True)
+    ema = DynamicEMA(replace_at_train_end=False)
+    loader = DataLoader(tiny_data(), batch_size=batch_size, sampler=sampler)
+    return Job(TinyNet(), [ema, DumpState(path, ema)], {"train_dataloaders": loader})
 
 
 @pytest.mark.timeout(120)
 def test_ddp_two_processes_agree_and_equal_one_process(tmp_path: Path) -> None:
-    (tmp_path / "ddp").mkdir()
-    (tmp_path / "single").mkdir()
     # DDP: Lightning's DistributedSampler (shuffle, seed 0, set_epoch) gives rank r positions r, r+2, ...
     # of randperm(96, seed=epoch), 8 per step; one process with that permutation and batch 16 sees the
     # union of both ranks' batches, and DDP's averaged gradient is the gradient of that union.
-    _run(tmp_path / "ddp", 2, "ddp_spawn", DataLoader(tiny_data(), batch_size=8))
-    _run(tmp_path / "single", 1, "auto", DataLoader(tiny_data(), batch_size=16, sampler=EpochShuffle(96)))
+    records = run_ddp(tmp_path / "runs", {"ddp": functools.partial(ema_job, tmp_path / "ddp", 8)})
+    assert not isinstance(records["ddp"], str), records["ddp"]
+    seed_everything(0)
+    single = ema_job(tmp_path / "single", 16, EpochShuffle(96))
+    Trainer(max_epochs=2, callbacks=single.callbacks, enable_checkpointing=False, **TRAINER_KWARGS).fit(single.model, **single.fit)
     rank0, rank1 = (torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     single = torch.load(tmp_path / "single" / "rank0.pt", weights_only=True)
     assert rank0["world"] == 2 and single["world"] == 1
@@ -417,3 +393,23 @@ def test_ddp_two_processes_agree_and_equal_one_process(tmp_path: Path) -> None:
     assert rank0["fractions"] == pytest.approx(single["fractions"], rel=1e-5)
     assert 0 < rank0["fractions"]["dema/adaptive_frac"] < 1
     assert not all(torch.equal(rank0["average"][k], rank0["model"][k]) for k in rank0["model"])
+
+
+# ------------------------------------------------------------------------ buffers that grow
+class GrowingMemory(TinyNet):
+    """A foreign model with a replay-like buffer that grows by 5 rows every epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("memory", torch.zeros(0, 6))
+
+    def on_train_epoch_start(self) -> None:
+        self.memory = torch.cat([self.memory, torch.ones(5, 6)])
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9: DynamicEMA averages buffers whose shape changes during training")
+def test_a_buffer_that_grows_follows_the_live_model() -> None:
+    seed_everything(0)
+    model, ema = GrowingMemory(), DynamicEMA()
+    Trainer(max_epochs=3, callbacks=[ema], enable_checkpointing=False, **TRAINER_KWARGS).fit(model, DataLoader(tiny_data(), batch_size=16))
+    assert model.memory.shape == (15, 6)  # the train-end copy never puts back a stale (shorter) buffer

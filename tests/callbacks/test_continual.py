@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
+from tests.conftest import CrashAt, ForeignClassifier, SimulatedCrash
 from zoo.callbacks.continual import ContinualEvaluation, average_accuracy, average_forgetting
 from zoo.datamodules.continual import SplitTasks
 
@@ -24,35 +25,12 @@ def test_average_accuracy_and_forgetting_by_hand() -> None:
     assert average_forgetting(a, 2) == pytest.approx(30.0)
 
 
-class TinyMLP(LightningModule):
-    """A plain LightningModule: (x, y) batches, forward(x) -> logits, nothing else."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 6))
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        return nn.functional.cross_entropy(self(batch[0]), batch[1])
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
+def TinyMLP() -> ForeignClassifier:
+    """The shared foreign classifier sized for 8x8 digits in 6 classes (64 -> 32 -> 6, SGD lr 0.1)."""
+    return ForeignClassifier(in_features=64, hidden=32, num_classes=6, lr=0.1)
 
 
-class Crash(Callback):
-    """Kills the run at the start of an epoch, after the checkpoint of the previous one was written."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated crash")
-
-
-def fit(tmp_path: Path, ckpt_path: str | None = None, callbacks: list | None = None) -> tuple[Trainer, ContinualEvaluation, SplitTasks, TinyMLP]:
+def fit(tmp_path: Path, ckpt_path: str | None = None, callbacks: list | None = None) -> tuple[Trainer, ContinualEvaluation, SplitTasks, ForeignClassifier]:
     torch.manual_seed(0)
     dm = SplitTasks(num_tasks=3, classes_per_task=2, batch_size=32)
     evaluation = ContinualEvaluation()
@@ -97,8 +75,8 @@ def test_resume_continues_the_matrix(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     full = fit(tmp_path / "full")[1].matrix
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(tmp_path / "crash", callbacks=[checkpoint, Crash(epoch=2)])
+    with pytest.raises(SimulatedCrash):
+        fit(tmp_path / "crash", callbacks=[checkpoint, CrashAt(epoch=2)])
     _, resumed, _, _ = fit(tmp_path / "resume", ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"), callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt2")])
     assert torch.allclose(resumed.matrix, full, atol=1e-4)
 

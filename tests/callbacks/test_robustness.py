@@ -4,30 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch import LightningModule, Trainer
-from torch import nn
+from lightning.pytorch import Trainer
 
+from tests.conftest import TRAINER_KWARGS, ForeignClassifier, blob_loader
 from zoo.callbacks.robustness import RobustnessEvaluation, per_class_accuracy
 from zoo.datamodules.digits import DigitsDataModule
 from zoo.nn.attacks import PGD
-
-
-class Plain(LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Linear(64, 10)
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        return nn.functional.cross_entropy(self(batch[0]), batch[1])
-
-    def test_step(self, batch, batch_idx):
-        pass
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=0.01)
 
 
 def test_per_class_accuracy_by_hand() -> None:
@@ -39,9 +21,9 @@ def test_logs_clean_and_robust_accuracy_per_class() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     dm = DigitsDataModule(normalize=False)  # pixels in [0, 1]
-    model = Plain()
+    model = ForeignClassifier(in_features=64, hidden=32, num_classes=10, lr=0.1)
     callback = RobustnessEvaluation(eps=0.1, steps=10, random_start=False, tail_classes=[7, 8, 9])
-    trainer = Trainer(max_epochs=3, callbacks=[callback], logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0)
+    trainer = Trainer(max_epochs=3, callbacks=[callback], enable_checkpointing=False, limit_val_batches=0, **TRAINER_KWARGS)
     trainer.fit(model, dm)
     trainer.test(model, dm, verbose=False)
     x, y = dm.test_set.tensors
@@ -58,3 +40,12 @@ def test_logs_clean_and_robust_accuracy_per_class() -> None:
     assert float(m["robust/pgd_mpc"]) == pytest.approx(sum(per_class) / 10, abs=1e-3)
     assert float(m["robust/pgd_tail"]) == pytest.approx(sum(per_class[7:]) / 3, abs=1e-3)
     assert float(m["robust/cw_acc"]) < float(m["robust/clean_acc"])
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9: RobustnessEvaluation reads trainer.datamodule instead of the batches the Trainer feeds")
+def test_any_test_loader_works() -> None:
+    torch.manual_seed(0)
+    callback = RobustnessEvaluation(eps=0.1, steps=2, num_classes=3, clip=None, random_start=False)  # None: unbounded (issue 9)
+    trainer = Trainer(callbacks=[callback], enable_checkpointing=False, **TRAINER_KWARGS)
+    trainer.test(ForeignClassifier(), dataloaders=blob_loader(), verbose=False)
+    assert 0.0 <= callback.last["robust/pgd_acc"] <= callback.last["robust/clean_acc"] <= 100.0

@@ -97,7 +97,7 @@ def test_enumeration_count_on_moons_and_sampled_patterns_are_a_subset() -> None:
     x, _ = moons(40)
     xt = add_bias(x)
     exact = enumerate_arrangements(xt)
-    assert len(exact) == count_arrangements(40, 3) == 1561  # the brief's 1,561 affine arrangements
+    assert len(exact) == count_arrangements(40, 3) == 1561  # Cover's count: 2 (C(39,0) + C(39,1) + C(39,2)) - 1
     masks, gates = sample_arrangements(xt, 300, seed=1)
     assert len(masks) == len({tuple(r) for r in masks.tolist()}) and masks.any(1).all()
     assert torch.equal(masks, (xt @ gates.T >= 0).T)  # each pattern is its hyperplane's

@@ -34,7 +34,7 @@ def test_defaults_build_and_hparams_are_json():
     assert model.zoo_entry().name == "neural-collapse"
 
 
-def test_closed_form_method_matches_the_brief():
+def test_closed_form_method_matches_the_theorem_values():
     cf = DeepLinearUFM(depth=3).closed_form()
     np.testing.assert_allclose(cf["mean_rel"], [0.355, 0.596, 1, 1], atol=1.5e-3)
     np.testing.assert_allclose(cf["classifier_rel"], [1, 0.592, 0.35, 0.35], atol=1.5e-3)

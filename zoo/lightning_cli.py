@@ -45,11 +45,16 @@ def build_lightning_cli(args: Sequence[str], *, run: bool = True) -> Any:
         def after_instantiate_classes(self) -> None:
             """Hand the run's config (seed resolved) to the model: checkpoints keep it, zoo publish
             writes it as training_config.yaml, zoo verify retrains from it."""
-            if isinstance(self.model, ZooModule):
-                config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
-                text = _training_config(self._parser(self.subcommand).dump(config, skip_none=False))
-                seed = config.get("seed_everything")
-                self.model.record_training_run(text, seed if isinstance(seed, int) and not isinstance(seed, bool) else None)
+            if not isinstance(self.model, ZooModule):
+                return
+            config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+            seed = config.get("seed_everything")
+            try:
+                text: str | None = _training_config(self._parser(self.subcommand).dump(config, skip_none=False))
+            except Exception as err:  # noqa: BLE001 - a config jsonargparse cannot dump must not stop training
+                warnings.warn(f"the run's config could not be recorded for training_config.yaml ({type(err).__name__}: {err})", stacklevel=2)
+                text = None
+            self.model.record_training_run(text, seed if isinstance(seed, int) and not isinstance(seed, bool) else None)
 
     _import_all_entries()
     return ZooCLI(

@@ -25,8 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningDataModule, Trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from tests.conftest import CrashAt, ForeignClassifier, Job, SimulatedCrash, run_ddp
 from zoo.callbacks.neural_collapse import NeuralCollapseMonitor
 from zoo.neural_collapse import (
     NeuralCollapseMetrics,
@@ -244,23 +243,9 @@ def test_metric_input_errors():
 
 
 # ------------------------------------------------------------------------------ the callback
-class TinyMLP(LightningModule):
-    """A plain 2-layer MLP classifier that knows nothing of balance-zoo."""
-
-    def __init__(self, dim: int = 8, hidden: int = 16, classes: int = 3, lr: float = 0.1) -> None:
-        super().__init__()
-        self.lr = lr
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, classes))
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.lr)
+def TinyMLP(lr: float = 0.1) -> ForeignClassifier:
+    """The shared foreign classifier (8 -> 16 -> 3, SGD): a plain module that knows nothing of balance-zoo."""
+    return ForeignClassifier(in_features=8, hidden=16, num_classes=3, lr=lr)
 
 
 def loader(n_per_class=(24, 24, 16), batch_size=16, shuffle=False):
@@ -268,7 +253,7 @@ def loader(n_per_class=(24, 24, 16), batch_size=16, shuffle=False):
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle)
 
 
-def expected_from_model(model: TinyMLP, dl: DataLoader) -> dict[str, float]:
+def expected_from_model(model: ForeignClassifier, dl: DataLoader) -> dict[str, float]:
     x, y = dl.dataset.tensors
     with torch.no_grad():
         feats = model.net[1](model.net[0](x))
@@ -355,15 +340,6 @@ def test_named_layers_and_product_classifier():
         assert monitor.history[-1][key] == pytest.approx(float(value), rel=1e-5, abs=1e-8), key
 
 
-class _CrashAt(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated crash")
-
-
 def test_crash_and_resume_continues_the_history(tmp_path):
     def run(max_epochs, extra, ckpt_path=None, dirpath=tmp_path / "run"):
         seed_everything(0)
@@ -374,8 +350,8 @@ def test_crash_and_resume_continues_the_history(tmp_path):
         return monitor
 
     reference = run(6, [], dirpath=tmp_path / "reference")
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run(6, [_CrashAt(4)])  # dies at the start of epoch 5 (1-based), after measuring epochs 2 and 4
+    with pytest.raises(SimulatedCrash):
+        run(6, [CrashAt(4)])  # dies at the start of epoch 5 (1-based), after measuring epochs 2 and 4
     saved = torch.load(tmp_path / "run" / "last.ckpt", weights_only=False)["callbacks"]
     state = next(v for k, v in saved.items() if k.startswith("NeuralCollapseMonitor"))
     assert [h["epoch"] for h in state["history"]] == [1, 3] and state["last_epoch"] == 3
@@ -397,32 +373,27 @@ def test_state_dict_round_trip():
     assert "prefix" in monitor.state_key
 
 
-class _DumpOnRankZero(Callback):
-    def __init__(self, path: Path, monitor: NeuralCollapseMonitor) -> None:
-        self.path, self.monitor = path, monitor
-
-    def on_train_end(self, trainer, pl_module):
-        if trainer.is_global_zero:
-            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-            self.path.write_text(json.dumps({"history": self.monitor.history, "metrics": metrics, "world": trainer.world_size}))
+def _nc_job() -> Job:
+    """lr 0: the same weights in both runs, so the metric is what is compared; 64 = 2 ranks x 2 batches x 16, no padding."""
+    return Job(TinyMLP(lr=0.0), [NeuralCollapseMonitor(every_n_epochs=1)], {"train_dataloaders": loader(n_per_class=(24, 24, 16), batch_size=16)})
 
 
-def _ddp_run(path: Path, devices: int, strategy: str) -> dict:
-    seed_everything(0)
-    model = TinyMLP(lr=0.0)  # same weights on both sides, so the metric is what is compared
-    monitor = NeuralCollapseMonitor(every_n_epochs=1)
-    trainer = Trainer(
-        max_epochs=1, devices=devices, strategy=strategy, callbacks=[monitor, _DumpOnRankZero(path, monitor)],
-        enable_checkpointing=False, **TRAINER_KWARGS,
-    )
-    trainer.fit(model, loader(n_per_class=(24, 24, 16), batch_size=16))  # 64 = 2 ranks x 2 batches x 16, no padding
-    return json.loads(path.read_text())
+def _summary(record: dict) -> dict:
+    metrics = {k: v for k, v in record["metrics"].items() if k.startswith("nc/")}  # train_loss is each rank's own
+    return {"history": record["callbacks"]["NeuralCollapseMonitor"]["history"], "metrics": metrics, "world": record["world"]}
 
 
 @pytest.mark.timeout(120)
 def test_ddp_two_processes_equal_one_process(tmp_path):
-    single = _ddp_run(tmp_path / "single.json", 1, "auto")
-    ddp = _ddp_run(tmp_path / "ddp.json", 2, "ddp_spawn")
+    seed_everything(0)
+    job = _nc_job()
+    trainer = Trainer(max_epochs=1, callbacks=job.callbacks, enable_checkpointing=False, **TRAINER_KWARGS)
+    trainer.fit(job.model, **job.fit)
+    single = {"history": job.callbacks[0].history, "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}, "world": 1}
+    records = run_ddp(tmp_path, {"nc": _nc_job}, max_epochs=1)["nc"]
+    assert not isinstance(records, str), records
+    ddp = _summary(records[0])
+    assert _summary(records[1]) == ddp  # both ranks measured the same
     assert ddp["world"] == 2 and single["world"] == 1
     for key in ("NC1", "NC2_W", "NC2_H", "NC3"):
         assert ddp["history"][-1][key] == pytest.approx(single["history"][-1][key], rel=1e-6, abs=1e-10), key

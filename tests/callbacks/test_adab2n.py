@@ -10,7 +10,6 @@ averaged, rank 0's running statistics kept).
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from tests.conftest import CrashAt, Job, SimulatedCrash, run_ddp
 from zoo.callbacks.adab2n import AdaB2NCallback
 from zoo.adab2n import AdaB2N, AdaB2NClassifier, adab2n_layers, convert_bn_to_adab2n
 
@@ -225,22 +225,13 @@ def test_callback_arguments_are_validated() -> None:
 
 
 # ---------------------------------------------------------------------- crash and resume
-class Crash(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated crash")
-
-
 @pytest.mark.parametrize("crash_epoch", [1, 2])
 def test_crash_and_resume_continues_exactly(tmp_path: Path, crash_epoch: int) -> None:
     seed_everything(0)
     straight = run(tmp_path / "straight", [AdaB2NCallback(lambd=LAMBD, classes_per_task=2, epochs_per_task=1)])
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_on_train_epoch_end=True)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run(tmp_path / "crashed", [AdaB2NCallback(lambd=LAMBD, classes_per_task=2, epochs_per_task=1), checkpoint, Crash(crash_epoch)])
+    with pytest.raises(SimulatedCrash):
+        run(tmp_path / "crashed", [AdaB2NCallback(lambd=LAMBD, classes_per_task=2, epochs_per_task=1), checkpoint, CrashAt(crash_epoch)])
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     assert next(v for k, v in saved["callbacks"].items() if k.startswith("AdaB2NCallback"))["tasks_ended"] == crash_epoch
     callback = AdaB2NCallback(lambd=LAMBD, classes_per_task=2, epochs_per_task=1)
@@ -270,8 +261,8 @@ def test_resume_from_a_checkpoint_written_before_the_task_end(tmp_path: Path) ->
 
     straight = fit(tmp_path / "straight", [AdaB2NCallback(lambd=LAMBD, classes_per_task=2, epochs_per_task=1)])
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_on_train_epoch_end=False)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(tmp_path / "crashed", [AdaB2NCallback(lambd=LAMBD, classes_per_task=2, epochs_per_task=1), checkpoint, Crash(2)])
+    with pytest.raises(SimulatedCrash):
+        fit(tmp_path / "crashed", [AdaB2NCallback(lambd=LAMBD, classes_per_task=2, epochs_per_task=1), checkpoint, CrashAt(2)])
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     assert int(saved["state_dict"]["net.1.cur_tasks"]) == 1  # written before epoch 1's task end
     resumed = fit(tmp_path / "resumed", [AdaB2NCallback(lambd=LAMBD, classes_per_task=2, epochs_per_task=1)], ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
@@ -295,25 +286,18 @@ def test_state_dict_round_trip() -> None:
 
 
 # ----------------------------------------------------------------------------------- DDP
-class DumpOnRankZero(Callback):
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def on_train_end(self, trainer, pl_module):
-        torch.save({k: v.clone() for k, v in pl_module.state_dict().items()}, self.path / f"rank{trainer.global_rank}.pt")
-        if trainer.is_global_zero:
-            penalty = float(trainer.callback_metrics.get("train/adab2n_penalty", float("nan")))
-            (self.path / "meta.json").write_text(json.dumps({"world": trainer.world_size, "penalty": penalty}))
+def ddp_job() -> Job:
+    """The drop-in run of :func:`run`, for :func:`tests.conftest.run_ddp` (two processes)."""
+    callback = AdaB2NCallback(lambd=LAMBD, classes_per_task=2, epochs_per_task=1)
+    return Job(SmallCNN(), [callback], {"datamodule": TaskData(batch_size=BATCH)}, {"reload_dataloaders_every_n_epochs": 1})
 
 
 @pytest.mark.timeout(180)
 def test_ddp_two_processes_equal_the_hand_replay(tmp_path: Path) -> None:
-    seed_everything(0)
-    callbacks = [AdaB2NCallback(lambd=LAMBD, classes_per_task=2, epochs_per_task=1), DumpOnRankZero(tmp_path)]
-    run(tmp_path, callbacks, devices=2, strategy="ddp_spawn", batch_size=BATCH)
-    meta = json.loads((tmp_path / "meta.json").read_text())
-    assert meta["world"] == 2 and meta["penalty"] > 0
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    records = run_ddp(tmp_path, {"adab2n": ddp_job}, max_epochs=EPOCHS)["adab2n"]
+    assert not isinstance(records, str), records
+    assert records[0]["world"] == 2 and records[0]["metrics"]["train/adab2n_penalty"] > 0
+    rank0, rank1 = records[0]["state"], records[1]["state"]
     for key, value in rank0.items():
         if "running" not in key:  # parameters, task counters and eta agree across ranks
             assert torch.equal(value, rank1[key]), key

@@ -250,23 +250,5 @@ def test_crash_and_resume_keeps_the_biases_and_schedule(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------- DDP
-class _SaveBias(Callback):
-    def __init__(self, out: Path) -> None:
-        self.out = out
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        torch.save(pl_module.router.expert_bias.clone(), self.out / f"bias{trainer.global_rank}.pt")
-
-
-def test_ddp_ranks_apply_the_same_update(tmp_path: Path) -> None:
-    model = TinyMoE(vocab_size=64, num_classes=4, d_model=16, d_hidden=16, num_experts=4, top_k=2)
-    data = ZipfTokenDataModule(vocab_size=64, num_classes=4, zipf=1.0, tokens_per_batch=256, steps_per_epoch=4, eval_tokens=256)
-    trainer = Trainer(
-        accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0, default_root_dir=tmp_path,
-        callbacks=[AuxFreeLoadBalancing(update_rate=0.05), _SaveBias(tmp_path)],
-    )
-    trainer.fit(model, data)
-    b0 = torch.load(tmp_path / "bias0.pt", weights_only=True)
-    b1 = torch.load(tmp_path / "bias1.pt", weights_only=True)
-    assert b0.abs().sum() > 0 and torch.equal(b0, b1)
+# Under DDP every rank must apply the same update: tests/callbacks/test_contract.py runs the callback on a
+# foreign mixture of experts with two processes and compares the router biases across ranks.

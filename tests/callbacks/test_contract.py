@@ -231,7 +231,7 @@ class Spec:
     build: Callable[[], Job]
     moved: Callable[[Callback], None]
     metrics: tuple[str, ...] = ()
-    rank_local: tuple[str, ...] = ()  # metrics of each rank's own batches, not synced by design
+    rank_local: tuple[str, ...] = ()  # metrics, or substrings of model state keys, of each rank's own batches
     needs: str | None = None  # the one setup error the plain ForeignClassifier gets (a regex), or None: it fits
     xfail: dict[str, str] = field(default_factory=dict)  # "fit" / "ddp" -> reason (a defect issue 9 names)
     crash_epoch: int = 2
@@ -250,7 +250,7 @@ SPECS: dict[type[Callback], Spec] = {
     AuxFreeLoadBalancing: Spec(build_alf_lb, _bias_moved, ("alf_lb/maxvio",), needs="has no router to balance"),  # type: ignore[arg-type]
     SavePretrained: Spec(build_save_pretrained, _published, needs="needs a zoo.ZooModule"),  # type: ignore[arg-type]
     StopAtThreshold: Spec(build_stop_at_threshold, _stopped, ("train_loss",), ("train_loss",), crash_epoch=1),  # type: ignore[arg-type]
-    AdaB2NCallback: Spec(build_adab2n, _tasks_ended, ("train/adab2n_penalty",), ("train/adab2n_penalty",), needs="no AdaB2N layer; convert its BatchNorm2d first"),  # type: ignore[arg-type]
+    AdaB2NCallback: Spec(build_adab2n, _tasks_ended, ("train/adab2n_penalty",), ("train/adab2n_penalty", "running_"), needs="no AdaB2N layer; convert its BatchNorm2d first"),  # type: ignore[arg-type]
 }
 
 
@@ -323,6 +323,9 @@ def test_ranks_agree_under_ddp(cls: type[Callback], ddp_records: dict) -> None:
     assert not isinstance(records, str), records
     rank0, rank1 = records
     assert rank0["world"] == rank1["world"] == 2
+    local = SPECS[cls].rank_local  # e.g. BatchNorm-style running statistics of each rank's own batches
+    shared = {k: v for k, v in rank0["state"].items() if not any(part in k for part in local)}
+    assert_same_state({k: rank1["state"][k] for k in shared}, shared, "model state")  # parameters and buffers (router biases)
     assert_same_state(rank1["parameters"], rank0["parameters"], "parameters")
     assert_same_state(rank1["callbacks"][cls.__name__], rank0["callbacks"][cls.__name__], f"{cls.__name__}.state_dict()")
     for key in SPECS[cls].metrics:

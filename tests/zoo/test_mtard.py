@@ -7,6 +7,7 @@ temperatures, the relative-loss rule on the weights), independently of ``zoo.mta
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -20,6 +21,7 @@ from lightning.pytorch import Callback, Trainer
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
+from tests.conftest import Job, run_ddp
 from zoo import cli
 import zoo
 from zoo.hub import module_from_checkpoint
@@ -298,14 +300,15 @@ def test_teacher_with_other_classes_is_refused(tmp_path: Path) -> None:
         model.training_step(_batch(), 0)
 
 
-def test_ddp_keeps_controllers_identical_across_processes(teachers: tuple[str, str], tmp_path: Path) -> None:
+def _ddp_job(teachers: tuple[str, str], out: Path) -> Job:
     model = MTARD(*teachers, hidden_dims=[16], temp_lr=0.05, epsilon=0.1, attack_step_size=0.03, attack_steps=2)
     x, y = _batch(64, seed=3)
-    trainer = Trainer(
-        max_steps=4, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[_DumpControllers(tmp_path)],
-    )  # fmt: skip
-    trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=8))
+    return Job(model, [_DumpControllers(out)], {"train_dataloaders": DataLoader(TensorDataset(x, y), batch_size=8)}, {"max_steps": 4})
+
+
+def test_ddp_keeps_controllers_identical_across_processes(teachers: tuple[str, str], tmp_path: Path) -> None:
+    records = run_ddp(tmp_path / "runs", {"mtard": functools.partial(_ddp_job, teachers, tmp_path)})["mtard"]
+    assert not isinstance(records, str), records
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0] == ranks[1]
     assert ranks[0]["w_adv"] != 0.5 and ranks[0]["tau_adv"] != ranks[0]["tau_nat"]

@@ -205,18 +205,23 @@ def draw_claim(result: ClaimResult) -> Any:
     ncols = max(1, min(3, len(panels)))
     nrows = max(1, math.ceil(len(panels) / ncols))
     title_lines = max((1 + len(p.conditions) * 2 for p in panels), default=1)
-    fig = Figure(figsize=(5.4 * ncols, (3.2 + 0.16 * title_lines) * nrows + 1.2), layout="constrained")
+    width = max(7.5, 5.4 * ncols)
+    chars = int(width * 12)  # characters of 9 pt text per line
+    verdict = "the claim held" if result.held else "the claim did NOT hold"
+    seeds = f"seeds {result.seeds}" + (f" (offset {result.seed_offset})" if result.seed_offset else "")
+    head = [
+        *textwrap.wrap(f"zoo reproduce {result.entry}: {verdict}, {seeds}", chars),
+        *textwrap.wrap(result.claim, chars, max_lines=4, placeholder=" ..."),
+        *textwrap.wrap("points: seeds; diamond: mean with its 95 % t-interval; dashed: threshold #n (green held, red did not)", chars),
+    ]
+    fig = Figure(figsize=(width, (3.2 + 0.16 * title_lines) * nrows + 0.2 * len(head)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, panel in zip(axes, panels):
         _draw_panel(ax, panel)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    verdict = "the claim held" if result.held else "the claim did NOT hold"
-    seeds = f"seeds {result.seeds}" + (f" (offset {result.seed_offset})" if result.seed_offset else "")
-    claim = textwrap.shorten(result.claim, 130 * ncols, placeholder=" ...")
-    head = f"zoo reproduce {result.entry}: {verdict}, {seeds}; points = seeds, diamond = mean with 95 % t-interval, dashed = threshold"
-    fig.suptitle(head + "\n" + "\n".join(textwrap.wrap(claim, 60 * ncols)), fontsize=9)
+    fig.suptitle("\n".join(head), fontsize=9)
     return fig
 
 

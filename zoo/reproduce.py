@@ -353,14 +353,13 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
+    """``git args`` in the zoo's source folder (None outside a checkout, e.g. a wheel install)."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5, check=True
-        )
+        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout.strip()
 
 
 def environment() -> dict[str, Any]:
@@ -374,7 +373,8 @@ def environment() -> dict[str, Any]:
         zoo_version = None
     return {
         "zoo": zoo_version,
-        "git_commit": _git_commit(),
+        "git_commit": _git("rev-parse", "HEAD") or None,
+        "git_dirty": None if (status := _git("status", "--porcelain", "--untracked-files=no")) is None else bool(status),
         "torch": torch.__version__,
         "lightning": lightning.__version__,
         "numpy": np.__version__,

@@ -21,6 +21,7 @@ demo: $(STAMP)
 
 ## The whole test suite (CI runs exactly this).
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 ## Speed ratios against named peers, measured in one run each.

@@ -9,8 +9,8 @@ from zoo.callbacks.continual import ContinualEvaluation
 from zoo.callbacks.dynamic_ema import DynamicEMA, TaskEndEMA
 from zoo.callbacks.neural_collapse import NeuralCollapseMonitor
 from zoo.callbacks.robustness import RobustnessEvaluation
-from zoo.callbacks.stop_at_threshold import StopAtThreshold
 from zoo.callbacks.save_pretrained import SavePretrained
+from zoo.callbacks.stop_at_threshold import StopAtThreshold
 
 __all__ = [
     "AdaB2NCallback",

@@ -3,6 +3,7 @@
 >>> from zoo.datamodules import DigitsDataModule, SplitTasks
 """
 
+from zoo.datamodules.associative import AssociativeMemoryDataModule
 from zoo.datamodules.cifar import (
     CIFAR10DataModule,
     CIFAR10LTDataModule,
@@ -10,10 +11,9 @@ from zoo.datamodules.cifar import (
     CIFAR100LTDataModule,
     CIFARDataModule,
 )
-from zoo.datamodules.associative import AssociativeMemoryDataModule
-from zoo.datamodules.least_squares import BCDDataModule
 from zoo.datamodules.continual import SplitTasks
 from zoo.datamodules.digits import DigitsDataModule
+from zoo.datamodules.least_squares import BCDDataModule
 from zoo.datamodules.longtail import longtail_counts, longtail_indices
 from zoo.datamodules.moons import MoonsDataModule
 from zoo.datamodules.multicolor import MultiColorDigitsDataModule

@@ -55,7 +55,7 @@ def colour_patches(
     (which can be the class colour by chance). ``shared``: one draw per example, with patch 0's
     map, copied into every patch (the official ``--colors 1``).
     """
-    n, (num_patches, num_classes) = len(labels), colour_map.shape
+    n, (num_patches, _) = len(labels), colour_map.shape
     num_colours = int(colour_map.max()) + 1
     if shared:
         show = rng.random((n, 1)) < correlation

@@ -5,7 +5,6 @@ The AnyLoss paper benchmarks on imbalanced binary tables; this is its embedded s
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from sklearn.datasets import make_classification

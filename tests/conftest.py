@@ -16,6 +16,7 @@ with every collective) and ``destroy_process_group()`` before the worker exits r
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +39,9 @@ from typing_extensions import override
 
 __all__ = [
     "TRAINER_KWARGS",
+    "Payload",
+    "save_checkpoint",
+    "write_pickled",
     "CleanDDPTeardown",
     "CrashAt",
     "ForeignClassifier",
@@ -274,3 +278,31 @@ def run_ddp(out: Path, builds: dict[str, Callable[[], Job]], max_epochs: int = 2
         else:
             results[name] = [torch.load(out / name / f"rank{r}.pt", weights_only=True) for r in range(world)]
     return results
+
+
+# ------------------------------------------------------------------------ hostile files
+class Payload:
+    """Unpickling this runs ``exec``, which writes ``marker``: what a hostile checkpoint does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+def write_pickled(path: Path, obj: object, *, torch_format: bool = True) -> Path:
+    """``obj`` in torch.save's zip format or as a bare pickle (the two shapes a .ckpt/.bin can have)."""
+    if torch_format:
+        torch.save(obj, path)
+    else:
+        path.write_bytes(pickle.dumps(obj, protocol=2))
+    return path
+
+
+def save_checkpoint(model: LightningModule, path: Path) -> Path:
+    """A real Lightning checkpoint (with ZooModule's ``zoo`` record), without training."""
+    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(path)
+    return path

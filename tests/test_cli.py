@@ -17,11 +17,11 @@ import torch
 import yaml
 from lightning.pytorch import LightningModule, Trainer
 
-from zoo import cli
 # Submodules, not the packages: when pytest puts tests/ on sys.path (bin/pytest, not python -m
 # pytest), tests/zoo and tests/datamodules shadow the packages' __init__ as namespace packages,
 # so `import datamodules` would not define SyntheticBinaryDataModule for --data by short name.
 import zoo.datamodules.tabular  # noqa: F401
+from zoo import cli
 from zoo.hub import load
 from zoo.neural_collapse import DeepLinearUFM
 from zoo.registry import list_entries

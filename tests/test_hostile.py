@@ -26,11 +26,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-import zoo.datamodules.tabular
-from lightning.pytorch import LightningModule, Trainer
 from safetensors.torch import load_file, save_file
 
+import zoo.datamodules.tabular
 import zoo.registry
+from tests.conftest import Payload, save_checkpoint, write_pickled
 from zoo import cli
 from zoo.anyloss import AnyLossClassifier
 from zoo.cards import render_card
@@ -58,32 +58,12 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- helpers
-class Payload:
-    """Unpickling this runs ``exec``, which writes ``marker``: what a hostile checkpoint does."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
-
-
 def write_payload(path: Path, marker: Path, *, torch_format: bool = True) -> Path:
     """A checkpoint-shaped dict whose unpickling writes ``marker`` (torch.save zip or a bare pickle)."""
-    obj = {"state_dict": {"net.0.weight": Payload(marker)}, "zoo": {"architecture": "anyloss"}, "hyper_parameters": {}}
-    if torch_format:
-        torch.save(obj, path)
-    else:
-        path.write_bytes(pickle.dumps(obj, protocol=2))
-    return path
+    checkpoint = {"state_dict": {"net.0.weight": Payload(marker)}, "zoo": {"architecture": "anyloss"}, "hyper_parameters": {}}
+    return write_pickled(path, checkpoint, torch_format=torch_format)
 
 
-def save_checkpoint(model: LightningModule, path: Path) -> Path:
-    """A real Lightning checkpoint (with ZooModule's ``zoo`` record), without training."""
-    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.strategy.connect(model)
-    trainer.save_checkpoint(path)
-    return path
 
 
 def one_line(err: BaseException | str, *needles: str) -> str:
@@ -284,7 +264,16 @@ def _format1(folder: Path) -> dict:
 
 
 CONFIG_LIES: dict[str, tuple[Callable[[dict], object], type[Exception], tuple[str, ...]]] = {
-    "class of another entry": (lambda c: {**c, _class_key(c): c[_class_key(c)].replace("zoo.anyloss.AnyLossClassifier", "zoo.neural_collapse.DeepLinearUFM").replace("AnyLossClassifier", "DeepLinearUFM")}, ZooError, ("DeepLinearUFM",)),
+    "class of another entry": (
+        lambda c: {
+            **c,
+            _class_key(c): c[_class_key(c)]
+            .replace("zoo.anyloss.AnyLossClassifier", "zoo.neural_collapse.DeepLinearUFM")
+            .replace("AnyLossClassifier", "DeepLinearUFM"),
+        },
+        ZooError,
+        ("DeepLinearUFM",),
+    ),
     "import path os.system": (lambda c: {**c, _class_key(c): "os.system"}, ZooError, ("os.system",)),
     "builtins exec": (lambda c: {**c, _class_key(c): "builtins.exec"}, ZooError, ("builtins.exec",)),
     "unknown entry": (lambda c: {**c, "architecture": "evil"}, UnknownEntryError, ("unknown entry 'evil'",)),

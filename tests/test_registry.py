@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from zoo import cli
 import zoo
+from zoo import cli
 from zoo.lightning_cli import _import_all_entries
 from zoo.registry import SHARED_MODULES, class_name, module_identity
 from zoo.reproduce import load_claim

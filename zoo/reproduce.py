@@ -364,8 +364,9 @@ def _git(*args: str) -> str | None:
 
 def environment() -> dict[str, Any]:
     """What a rerun needs to compare against: package versions, CPU, torch threads, platform, date (UTC)."""
-    import lightning
     from importlib.metadata import PackageNotFoundError, version
+
+    import lightning
 
     try:
         zoo_version = version("balance-zoo")

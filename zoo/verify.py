@@ -8,7 +8,8 @@ same LightningCLI, tests the trained model as ``zoo fit`` + ``trainer.test`` did
 Comparison (:func:`metric_matches`): by default a measured value matches when it equals the
 card's value at the precision the card stores, i.e. rounded to as many decimals as the card's
 number has. ``zoo publish`` stores the float itself (its shortest repr, 15 or more significant
-digits), and such a value must be equal, so a published card is checked to the last digit, which holds on CPU because the run is deterministic (seeded, ``deterministic: true``,
+digits), and such a value must be equal, so a published card is checked to the last digit,
+which holds on CPU because the run is deterministic (seeded, ``deterministic: true``,
 torch's thread count taken from the provenance). A hand-edited ``0.81`` is checked to two
 decimals. ``tolerance`` replaces this by an absolute bound ``|measured - card| <= tolerance``.
 """

@@ -22,8 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from tests.conftest import CrashAt, Job, SimulatedCrash, run_ddp
-from zoo.callbacks.adab2n import AdaB2NCallback
 from zoo.adab2n import AdaB2N, AdaB2NClassifier, adab2n_layers, convert_bn_to_adab2n
+from zoo.callbacks.adab2n import AdaB2NCallback
 
 torch.set_num_threads(1)
 
@@ -190,7 +190,15 @@ def test_continual_classifier_announces_every_forward(tmp_path: Path, joint_forw
     dm.base.flatten = False
     model = AdaB2NClassifier(num_classes=4, num_tasks=2, joint_forward=joint_forward)
     spy = SpyCounts()
-    trainer = Trainer(max_epochs=2, reload_dataloaders_every_n_epochs=1, limit_train_batches=4, callbacks=[spy, AdaB2NCallback()], enable_checkpointing=False, limit_val_batches=0, **TRAINER_KWARGS)
+    trainer = Trainer(
+        max_epochs=2,
+        reload_dataloaders_every_n_epochs=1,
+        limit_train_batches=4,
+        callbacks=[spy, AdaB2NCallback()],
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        **TRAINER_KWARGS,
+    )
     trainer.fit(model, dm)
     assert all(batch == counts for batch, counts in spy.seen), spy.seen
     # task 0: one forward of 10; task 1: stream 10 + replay 10, jointly (20) or separately (10, 10)

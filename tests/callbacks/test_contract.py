@@ -33,6 +33,7 @@ import zoo
 import zoo.callbacks
 from tests.conftest import TRAINER_KWARGS, ForeignClassifier, Job, assert_same_state, blob_data, blob_loader, crash_and_resume, run_ddp
 from zoo.adab2n import convert_bn_to_adab2n
+from zoo.anyloss import AnyLossClassifier
 from zoo.callbacks import (
     AdaB2NCallback,
     AuxFreeLoadBalancing,
@@ -44,7 +45,6 @@ from zoo.callbacks import (
     StopAtThreshold,
     TaskEndEMA,
 )
-from zoo.anyloss import AnyLossClassifier
 from zoo.registry import import_object, list_entries
 
 torch.set_num_threads(1)
@@ -250,7 +250,9 @@ SPECS: dict[type[Callback], Spec] = {
     AuxFreeLoadBalancing: Spec(build_alf_lb, _bias_moved, ("alf_lb/maxvio",), needs="has no router to balance"),  # type: ignore[arg-type]
     SavePretrained: Spec(build_save_pretrained, _published, needs="needs a zoo.ZooModule"),  # type: ignore[arg-type]
     StopAtThreshold: Spec(build_stop_at_threshold, _stopped, ("train_loss",), ("train_loss",), crash_epoch=1),  # type: ignore[arg-type]
-    AdaB2NCallback: Spec(build_adab2n, _tasks_ended, ("train/adab2n_penalty",), ("train/adab2n_penalty", "running_"), needs="no AdaB2N layer; convert its BatchNorm2d first"),  # type: ignore[arg-type]
+    AdaB2NCallback: Spec(  # type: ignore[arg-type]
+        build_adab2n, _tasks_ended, ("train/adab2n_penalty",), ("train/adab2n_penalty", "running_"), needs="no AdaB2N layer; convert its BatchNorm2d first"
+    ),
 }
 
 

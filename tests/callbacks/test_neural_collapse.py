@@ -17,11 +17,11 @@ from tests.conftest import CrashAt, ForeignClassifier, Job, SimulatedCrash, run_
 from zoo.callbacks.neural_collapse import NeuralCollapseMonitor
 from zoo.neural_collapse import (
     NeuralCollapseMetrics,
+    between_class_covariance,
     closed_form,
     closed_form_relative_norms,
     closed_form_x,
     etf_target,
-    between_class_covariance,
     nc1,
     nc1_from_means,
     neural_collapse,

@@ -12,9 +12,9 @@ from torch import nn
 
 from zoo.adab2n import (
     AdaB2N,
+    AdaB2NClassifier,
     _BalancedNorm,
     _normalize,
-    AdaB2NClassifier,
     adab2n_layers,
     convert_bn_to_adab2n,
     modified_momentum,

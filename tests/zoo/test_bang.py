@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from zoo.datamodules.multicolor import MultiColorDigitsDataModule
 from zoo.bang import (
     BANGClassifier,
     FalseFalseTrueRatio,
@@ -26,6 +25,7 @@ from zoo.bang import (
     weight_average,
     wise_ft,
 )
+from zoo.datamodules.multicolor import MultiColorDigitsDataModule
 
 torch.set_num_threads(1)
 

@@ -194,7 +194,8 @@ def test_bad_arguments_are_refused() -> None:
 def test_greedy_beats_random_and_cyclic_on_the_claim_problem() -> None:
     p = LeastSquares(*make_problem_data(seed=0))
     f_star = reference_solution(p)[1]
-    iters = {rule: BlockCoordinateDescent(rule, "Lb", "fixed", 5).run(p, 5000, f_star=f_star, tol=1e-6).iters_to_tol for rule in ("GS", "GSL", "random", "cyclic")}
+    rules = ("GS", "GSL", "random", "cyclic")
+    iters = {rule: BlockCoordinateDescent(rule, "Lb", "fixed", 5).run(p, 5000, f_star=f_star, tol=1e-6).iters_to_tol for rule in rules}
     assert None not in iters.values()
     assert max(iters["GS"], iters["GSL"]) * 1.5 < min(iters["random"], iters["cyclic"])
 

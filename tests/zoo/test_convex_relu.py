@@ -15,7 +15,6 @@ from scipy.optimize import linprog
 from sklearn.datasets import make_moons
 
 import zoo
-from zoo.datamodules.moons import MoonsDataModule
 from zoo.convex_relu import (
     ADMMSolver,
     ConvexReLU,
@@ -34,6 +33,7 @@ from zoo.convex_relu import (
     to_sequential,
     train_nonconvex,
 )
+from zoo.datamodules.moons import MoonsDataModule
 
 cp = pytest.importorskip("cvxpy")
 D64 = torch.float64

@@ -17,18 +17,19 @@ import sys
 import types
 from pathlib import Path
 
-import pytest
 import lightning
+import pytest
 import torch
 import yaml
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Trainer
 from safetensors.torch import load_file, save_file
 
-from zoo.datamodules.tabular import SyntheticBinaryDataModule
-from zoo.anyloss import AnyLossClassifier
-from zoo.errors import UnknownEntryError, UnsafeCheckpointError, WrongClassError, ZooLoadError
 import zoo.anyloss
 import zoo.registry
+from tests.conftest import Payload, save_checkpoint, write_pickled
+from zoo.anyloss import AnyLossClassifier
+from zoo.datamodules.tabular import SyntheticBinaryDataModule
+from zoo.errors import UnknownEntryError, UnsafeCheckpointError, WrongClassError, ZooLoadError
 from zoo.hub import FORMAT_VERSION, ZooModule, load, module_from_checkpoint
 from zoo.neural_collapse import DeepLinearUFM
 from zoo.templates.continual import ContinualClassifier
@@ -41,32 +42,11 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-class Payload:
-    """Unpickling this runs ``exec``, which writes ``marker``: what a hostile checkpoint does."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
-
-
 def write_malicious(path: Path, marker: Path, *, torch_format: bool = True) -> Path:
     """A 'state dict' whose unpickling writes ``marker``: torch.save's zip format or a bare pickle."""
-    obj = {"net.0.weight": Payload(marker), "state_dict": {"w": Payload(marker)}}
-    if torch_format:
-        torch.save(obj, path)
-    else:
-        path.write_bytes(pickle.dumps(obj, protocol=2))
-    return path
+    return write_pickled(path, {"net.0.weight": Payload(marker), "state_dict": {"w": Payload(marker)}}, torch_format=torch_format)
 
 
-def save_checkpoint(model: LightningModule, path: Path) -> Path:
-    """A real Lightning checkpoint (with ZooModule's ``zoo`` record), without training."""
-    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.strategy.connect(model)
-    trainer.save_checkpoint(path)
-    return path
 
 
 @pytest.fixture

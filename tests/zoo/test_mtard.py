@@ -21,11 +21,11 @@ from lightning.pytorch import Callback, Trainer
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
+import zoo
 from tests.conftest import Job, run_ddp
 from zoo import cli
-import zoo
-from zoo.hub import module_from_checkpoint
 from zoo.callbacks import SavePretrained
+from zoo.hub import module_from_checkpoint
 from zoo.mtard import (
     MTARD,
     TeacherClassifier,
@@ -349,7 +349,12 @@ def test_cifar_stem_resnet() -> None:
 def test_claim_teacher_arm_sets_the_save_path(tmp_path: Path) -> None:
     """The claim's teacher arms point SavePretrained (the last callback of teacher.yaml) at their folder."""
     run = cli.build_lightning_cli(
-        ["--config", str(CARD / "teacher.yaml"), f"--trainer.callbacks.dirpath={tmp_path}/seed3/robust", "--model.init_args.adversarial=true", "--trainer.logger=false"],
+        [
+            "--config", str(CARD / "teacher.yaml"),
+            f"--trainer.callbacks.dirpath={tmp_path}/seed3/robust",
+            "--model.init_args.adversarial=true",
+            "--trainer.logger=false",
+        ],
         run=False,
     )
     saver = [c for c in run.trainer.callbacks if isinstance(c, SavePretrained)]

@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from zoo import cli
 import zoo.registry
+from zoo import cli
 from zoo.claim_plot import draw_claim, plot_data
 from zoo.reproduce import (
     Arm,

@@ -138,7 +138,8 @@ def make_problem_data(
     problem: str = "least_squares", n_samples: int = 300, n_features: int = 50, scale_sigma: float = 0.5,
     nonzeros: int = 10, noise: float = 0.1, seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Synthetic data with heterogeneous Lipschitz constants (where greedy rules gain most): Gaussian ``A`` with log-normal column scales (heterogeneous ``L_i``),
+    """Synthetic data with heterogeneous Lipschitz constants (where greedy rules gain most): Gaussian ``A``
+    with log-normal column scales (heterogeneous ``L_i``),
     a ``nonzeros``-sparse ``x*``; ``b = A x* + noise`` (regression) or ``1[A x* + noise > 0]`` (logistic)."""
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((n_samples, n_features)) * np.exp(scale_sigma * rng.standard_normal(n_features))

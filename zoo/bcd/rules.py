@@ -98,7 +98,7 @@ def prox_lb_update(x_b: np.ndarray, g_b: np.ndarray, l_b: float | np.ndarray, la
     return soft_threshold(x_b - g_b / l_b, lam / l_b) - x_b
 
 
-def _prox_progress(x: np.ndarray, g: np.ndarray, l: np.ndarray, lam: float) -> np.ndarray:
+def _prox_progress(x: np.ndarray, g: np.ndarray, l: np.ndarray, lam: float) -> np.ndarray:  # noqa: E741 - the paper's L_i
     """Per-coordinate decrease ``-(g d + l/2 d^2 + lam (|x + d| - |x|))`` of the proximal step with constants ``l``."""
     d = prox_lb_update(x, g, l, lam)
     return -(g * d + 0.5 * l * d * d + lam * (np.abs(x + d) - np.abs(x)))

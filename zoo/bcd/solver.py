@@ -118,7 +118,7 @@ class BlockCoordinateDescent:
     # ------------------------------------------------------------------ one iteration
     def select(self, state: BCDState) -> tuple[np.ndarray, int | None]:
         """The block of this iteration: ``(indices, fixed block number or None)``."""
-        p, g, rule = self._problem, state.g, self.selection
+        p, rule = self._problem, self.selection
         assert p is not None
         nb = len(self.starts)
         if rule == "cyclic":

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
 from zoo.convex_relu.patterns import DTYPE
 
 __all__ = ["ADMMSolver", "ADMMState"]

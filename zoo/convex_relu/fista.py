@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import Tensor
+
 from zoo.convex_relu.patterns import DTYPE
 
 __all__ = ["fista_gated"]
@@ -40,7 +41,7 @@ def fista_gated(
     u = torch.zeros(len(masks), x.shape[1], dtype=DTYPE, device=x.device) if init is None else init.to(x)
     z, t, last = u.clone(), 1.0, obj(u)
     done = 0
-    for done in range(1, iterations + 1):
+    for done in range(1, iterations + 1):  # noqa: B007 - the count is returned
         step = z - adj(fwd(z) - y) / lipschitz
         norms = step.norm(dim=1, keepdim=True)
         u_new = step * (1 - beta / lipschitz / norms.clamp_min(1e-300)).clamp_min(0)

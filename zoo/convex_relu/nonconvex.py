@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
 from zoo.convex_relu.patterns import DTYPE
 from zoo.convex_relu.problem import loss_scale, to_sequential
 

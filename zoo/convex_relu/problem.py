@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
 from zoo.convex_relu.patterns import DTYPE, add_bias
 from zoo.convex_relu.robust import certified_margins
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
 from zoo.convex_relu.problem import LOSSES
 
 __all__ = ["CLARABEL_SETTINGS", "solve_cvxpy"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
 from zoo.convex_relu.patterns import DTYPE
 
 __all__ = ["ScoreLogits", "certified_margins", "pgd_accuracy"]

@@ -86,7 +86,7 @@ def closed_form_x(class_counts: Sequence[float], depth: int, weight_decay: float
         hi = max(1.0, 2 * x_star)
         while f(hi) > c:  # f decreases to 0 past x_star
             hi *= 2
-        out[k] = brentq(lambda x: f(x) - c, x_star, hi, xtol=1e-14, rtol=4 * np.finfo(float).eps, maxiter=500)
+        out[k] = brentq(lambda x, c=c: f(x) - c, x_star, hi, xtol=1e-14, rtol=4 * np.finfo(float).eps, maxiter=500)
     return out
 
 

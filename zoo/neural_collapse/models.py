@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.hub import ZooModule
-from zoo.nn.backbones import build_backbone, feature_dim
 from zoo.neural_collapse.geometry import closed_form, closed_form_relative_norms
 from zoo.neural_collapse.metrics import NeuralCollapseMetrics, class_means, max_abs_cosine, relative_sq_norms
+from zoo.nn.backbones import build_backbone, feature_dim
 
 __all__ = ["DeepLinearHeadClassifier", "DeepLinearUFM"]
 

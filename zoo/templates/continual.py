@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from zoo.datamodules.continual import task_schedule
 from zoo.nn.backbones import build_backbone

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Trainer
-from rich.console import Console
 from rich.table import Table
 
 import zoo
@@ -29,7 +28,7 @@ CONFIG = ROOT / "cards" / "anyloss" / "config.yaml"
 
 def main() -> int:
     torch.set_num_threads(1)  # small models train fastest on one thread
-    console = Console()
+    console = cli.make_console()
     work = Path(tempfile.mkdtemp(prefix="zoo-demo-"))
 
     console.rule("1. zoo fit --config cards/anyloss/config.yaml")

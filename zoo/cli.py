@@ -28,6 +28,18 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 EXIT_OK, EXIT_CLAIM_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
+def make_console() -> Any:
+    """A rich Console; 140 columns when the output is a file or a pipe (logs, CI), not rich's 80,
+    so claim tables with intervals stay one line per row."""
+    import os
+
+    from rich.console import Console
+
+    if Console().is_terminal or "COLUMNS" in os.environ:
+        return Console()
+    return Console(width=140)
+
+
 # ----------------------------------------------------------------------------- subcommands
 README_TABLE_START, README_TABLE_END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
 
@@ -63,7 +75,6 @@ def cmd_list(markdown: bool, write_readme: str | None = None) -> int:
         print(markdown_table())
         return EXIT_OK
     entries = list_entries()
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="balance-zoo entries")
@@ -71,7 +82,7 @@ def cmd_list(markdown: bool, write_readme: str | None = None) -> int:
         table.add_column(column)
     for e in entries:
         table.add_row(e.name, e.kind, e.paper, e.arxiv or "—", e.target)
-    Console().print(table)
+    make_console().print(table)
     return EXIT_OK
 
 
@@ -92,14 +103,13 @@ def cmd_publish(ckpt_path: str, local_dir: str, repo_id: str | None, push: bool,
 
 def cmd_verify(path_or_repo_id: str, tolerance: float | None, threads: int | None, revision: str | None) -> int:
     """Retrain from the folder's training_config.yaml, test, compare with its card: 0 match, 1 not."""
-    from rich.console import Console
     from rich.table import Table
 
     from zoo.verify import verify
 
     if tolerance is not None and not tolerance >= 0:
         raise _BadInput(f"--tolerance must be >= 0, got {tolerance}")
-    console = Console()
+    console = make_console()
     console.print(f"[bold]zoo verify {path_or_repo_id}[/]: retraining from its training_config.yaml")
     result = verify(path_or_repo_id, tolerance=tolerance, threads=threads, revision=revision)
     precision = f"|measured - card| <= {tolerance:g}" if tolerance is not None else "equal at the card's precision"
@@ -134,7 +144,6 @@ def _read_metrics(spec: str) -> dict[str, float]:
 
 def cmd_reproduce(name: str, seeds: int | None, out: str | None, threads: int, seed_offset: int = 0) -> int:
     """Train the claim's arms on its seeds (or 0..seeds-1), shifted by ``seed_offset``; write JSON and PNG."""
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from zoo.claim_plot import plot_claim
@@ -143,7 +152,7 @@ def cmd_reproduce(name: str, seeds: int | None, out: str | None, threads: int, s
     claim = load_claim(name)
     if seeds is not None:
         claim = claim.with_seeds(seeds)
-    console = Console()
+    console = make_console()
     console.print(f"[bold]zoo reproduce {claim.entry}[/]: {claim.claim}")
     total = len(claim.arms) * len(claim.seeds)
     with Progress(

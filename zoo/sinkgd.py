@@ -53,6 +53,7 @@ __all__ = [
     "sr_sinkhorn_scalings",
     "rms_normalize",
     "build_sinkgd_param_groups",
+    "split_sinkgd_params",
     "optimizer_state_bytes",
     "OPTIMIZERS",
 ]
@@ -171,26 +172,80 @@ class SinkGD(torch.optim.Optimizer):
         return loss
 
 
+EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
+
+
+def _output_head(model: nn.Module) -> nn.Module | None:
+    """The module producing the logits: the model's own ``get_output_embeddings()`` (HF) or
+    ``get_classifier()`` (timm) where it defines one, else the last registered module with a 2-D
+    ``weight`` that is not an embedding (the final Linear of an MLP or a CNN)."""
+    for hook in ("get_output_embeddings", "get_classifier"):
+        getter = getattr(model, hook, None)
+        if callable(getter):  # the model knows its head; a headless one (nn.Identity, None) has none
+            head = getter()
+            return head if isinstance(head, nn.Module) else None
+    last = None
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, nn.Parameter) and weight.ndim == 2 and not isinstance(module, EMBEDDINGS):
+            last = module
+    return last
+
+
+def split_sinkgd_params(
+    model: nn.Module, head: nn.Module | str | None = None, exclude: tuple[str, ...] = ()
+) -> tuple[list[Tensor], list[Tensor]]:
+    """``(hidden matrices, the rest)`` of ``model``'s trainable parameters, by module type and position.
+
+    Hidden matrices (SinkGD) are the 2-D ``weight`` of any module (``nn.Linear``, GPT-2's
+    ``Conv1D``, ...) that is neither an embedding (``nn.Embedding`` / ``nn.EmbeddingBag``) nor the
+    output head. The rest (AdamW) are embeddings, the head (tied weights included: parameters are
+    compared by identity), 1-D parameters (biases, norms), conv kernels and free parameters such as
+    position tables or class tokens. ``head``: the output module or its qualified name (default:
+    see :func:`_output_head`); ``exclude``: qualified module or parameter names also sent to AdamW.
+    """
+    if isinstance(head, str):
+        head = model.get_submodule(head)
+    elif head is None:
+        head = _output_head(model)
+    adam_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    hidden_ids = set()
+    for name, module in model.named_modules():
+        if isinstance(module, EMBEDDINGS) or any(name == e or name.startswith(e + ".") for e in exclude):
+            adam_ids.update(id(p) for p in module.parameters())
+            continue
+        weight = module._parameters.get("weight")
+        if weight is not None and weight.ndim == 2:
+            hidden_ids.add(id(weight))
+    matrices, others = [], []
+    for name, p in model.named_parameters():  # each shared tensor once
+        if not p.requires_grad:
+            continue
+        excluded = any(name == e or name.startswith(e + ".") for e in exclude)
+        (matrices if id(p) in hidden_ids and id(p) not in adam_ids and not excluded else others).append(p)
+    return matrices, others
+
+
 def build_sinkgd_param_groups(
     model: nn.Module,
     global_lr: float = 0.02,
     sinkgd_scale: float = 0.05,
     sinkhorn_iters: int = 5,
     adam_cls: type[torch.optim.Optimizer] = torch.optim.AdamW,
-    exclude: tuple[str, ...] = ("embed", "lm_head", "head", "fc", "classifier"),
+    head: nn.Module | str | None = None,
+    exclude: tuple[str, ...] = (),
 ) -> tuple[SinkGD, torch.optim.Optimizer | None]:
     """The paper's hybrid: SinkGD (lr ``global_lr * sinkgd_scale``) on hidden 2-D weights,
-    ``adam_cls`` (lr ``global_lr``) on everything else (embeddings, heads, norms, biases, and
-    parameters whose name contains one of ``exclude``). Returns ``(sinkgd, adam or None)``;
-    Lightning takes both from ``configure_optimizers`` only with manual optimization, so for
-    automatic optimization use :class:`SinkGD` alone with its stateless fallback."""
-    matrices, others = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (matrices if p.ndim == 2 and not any(e in name for e in exclude) else others).append(p)
+    ``adam_cls`` (lr ``global_lr``) on embeddings, the output head, norms, biases and the rest
+    (see :func:`split_sinkgd_params` for ``head`` and ``exclude``). Returns ``(sinkgd, adam or
+    None)``; Lightning takes both from ``configure_optimizers`` only with manual optimization, so
+    for automatic optimization use :class:`SinkGD` alone with its stateless fallback."""
+    matrices, others = split_sinkgd_params(model, head, exclude)
     if not matrices:
-        raise ValueError("build_sinkgd_param_groups: the model has no hidden 2-D weights for SinkGD")
+        raise ValueError(
+            "build_sinkgd_param_groups: the model has no hidden 2-D weights for SinkGD (embeddings and the output "
+            "head go to AdamW); pass head= if the detected head is wrong"
+        )
     sink = SinkGD(matrices, lr=global_lr * sinkgd_scale, sinkhorn_iters=sinkhorn_iters)
     adam = adam_cls(others, lr=global_lr) if others else None
     return sink, adam

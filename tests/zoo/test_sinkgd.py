@@ -144,6 +144,84 @@ def test_hybrid_param_groups() -> None:
     assert sum(p.numel() for g in adam.param_groups for p in g["params"]) == 8 + 8 + 8 + 8 + 16 + 2
 
 
+class _Conv1D(nn.Module):
+    """GPT-2's Conv1D: a Linear with an ``(in, out)`` weight, not an ``nn.Linear``."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_in, n_out) * 0.02)
+        self.bias = nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight + self.bias
+
+
+class _TinyGPT2(nn.Module):
+    """GPT-2's parameter names and module types (wte, wpe, h.i.attn.c_attn, mlp.c_fc, ln_f, lm_head)."""
+
+    def __init__(self, tied: bool, vocab: int = 50, d: int = 16, layers: int = 2) -> None:
+        super().__init__()
+        self.transformer = nn.Module()
+        self.transformer.wte, self.transformer.wpe = nn.Embedding(vocab, d), nn.Embedding(8, d)
+        blocks = []
+        for _ in range(layers):
+            block = nn.Module()
+            block.ln_1, block.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
+            block.attn, block.mlp = nn.Module(), nn.Module()
+            block.attn.c_attn, block.attn.c_proj = _Conv1D(d, 3 * d), _Conv1D(d, d)
+            block.mlp.c_fc, block.mlp.c_proj = _Conv1D(d, 4 * d), _Conv1D(4 * d, d)
+            blocks.append(block)
+        self.transformer.h = nn.ModuleList(blocks)
+        self.transformer.ln_f = nn.LayerNorm(d)
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+        if tied:
+            self.lm_head.weight = self.transformer.wte.weight
+
+
+def _names(model: nn.Module, params: list[torch.Tensor]) -> set[str]:
+    ids = {id(p) for p in params}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+def _groups(model: nn.Module) -> tuple[set[str], set[str]]:
+    sink, adam = build_sinkgd_param_groups(model)
+    assert adam is not None
+    return _names(model, sink.param_groups[0]["params"]), _names(model, [p for g in adam.param_groups for p in g["params"]])
+
+
+def test_param_groups_of_a_timm_vit_by_module_type_and_position() -> None:
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    sink, adam = _groups(vit)
+    hidden = {f"blocks.{i}.{m}.weight" for i in range(len(vit.blocks)) for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}
+    assert sink == hidden  # every MLP matrix, fc1 and fc2 included
+    assert {"head.weight", "head.bias", "patch_embed.proj.weight", "pos_embed", "cls_token", "norm.weight"} <= adam
+    assert sink | adam == {n for n, _ in vit.named_parameters()} and not sink & adam
+    headless = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
+    assert _groups(headless)[0] == hidden  # no head: the last fc2 stays a hidden matrix
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_param_groups_of_a_gpt2_like_model(tied: bool) -> None:
+    model = _TinyGPT2(tied)
+    sink, adam = _groups(model)
+    assert sink == {f"transformer.h.{i}.{m}.weight" for i in range(2) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+    assert {"transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight"} <= adam
+    assert ("lm_head.weight" in adam) is not tied  # tied: the one tensor is named wte and sits on AdamW once
+    assert not sink & adam
+
+
+def test_param_groups_of_the_zoo_mlp_put_only_hidden_matrices_on_sinkgd() -> None:
+    from zoo.nn.backbones import build_backbone
+
+    mlp = build_backbone("mlp", 10, input_dim=64, hidden_dims=[256, 256], flatten=False)
+    sink, adam = _groups(mlp)
+    assert sink == {"0.weight", "2.weight"} and adam == {"0.bias", "2.bias", "4.weight", "4.bias"}  # 4: the logits
+    sink, adam = build_sinkgd_param_groups(mlp, head="2", exclude=("0",))  # an explicit head and exclusions
+    assert adam is not None and _names(mlp, sink.param_groups[0]["params"]) == {"4.weight"}
+
+
 def test_invalid_arguments() -> None:
     p = [nn.Parameter(torch.zeros(2, 2))]
     with pytest.raises(ValueError, match="sinkhorn_iters"):

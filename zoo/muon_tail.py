@@ -26,6 +26,10 @@ overrides them:
   Keller Jordan's fixed ``(3.4445, -4.7750, 2.0315)``, timm's ``"original"``, the default here.
 - ``weight_decay`` (0) and ``nesterov`` (False) are exposed and default to the paper's values
   (torch's Muon would default to 0.1 and True).
+- ``fallback_lr_scale``: the AdamW fallback (biases, norms, other non-2-D parameters) runs at
+  ``lr * fallback_lr_scale``; timm's default 1.0 would give AdamW Muon's unscaled lr (0.1 here,
+  ten times the card's Adam lr). The paper's memory has no such parameter, so no value is given
+  by it; the default 0.1 puts them at the Adam-to-Muon lr ratio of the claim's arms (0.01 / 0.1).
 
 Deviations and guesses: timm keeps the momentum as an EMA (``B <- mu B + (1 - mu) G``) instead
 of the paper's ``B <- mu B + G``; Newton-Schulz normalises its input, so the update is the
@@ -166,6 +170,7 @@ def build_optimizer(
     ns_coefficients: str | list[float] = "original",
     adam_betas: tuple[float, float] | list[float] = (0.9, 0.999),
     adam_eps: float = 1e-8,
+    fallback_lr_scale: float = 0.1,
 ) -> torch.optim.Optimizer:
     """``timm.optim.Muon`` with the paper's settings (see the module docstring), ``torch.optim.Adam`` or SGD."""
     if optimizer == "muon":
@@ -181,6 +186,7 @@ def build_optimizer(
             ns_coefficients=coeffs,
             adjust_lr_fn=adjust_lr_fn,
             betas=tuple(adam_betas),  # the AdamW fallback of non-2-D parameters
+            fallback_lr_scale=fallback_lr_scale,  # ... at lr * fallback_lr_scale
         )
     if optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, betas=tuple(adam_betas), eps=adam_eps, weight_decay=weight_decay)  # type: ignore[arg-type]
@@ -208,6 +214,7 @@ class AssociativeMemory(ZooModule):
         nesterov, weight_decay, adjust_lr_fn, ns_coefficients: Muon settings, defaults from the
             paper (no Nesterov, no weight decay, no lr scaling, Keller's coefficients).
         adam_betas, adam_eps: Adam's.
+        fallback_lr_scale: Muon's AdamW fallback (biases, norms) runs at ``lr * fallback_lr_scale``.
         top_k: ``k`` of the ``update/top_energy`` isotropy metric.
 
     >>> model = AssociativeMemory(num_classes=8, dim=8)
@@ -232,6 +239,7 @@ class AssociativeMemory(ZooModule):
         adam_betas: list[float] = [0.9, 0.999],  # noqa: B006 - JSON-able default, never mutated
         adam_eps: float = 1e-8,
         top_k: int = 1,
+        fallback_lr_scale: float = 0.1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -309,4 +317,5 @@ class AssociativeMemory(ZooModule):
             ns_coefficients=h.ns_coefficients,
             adam_betas=h.adam_betas,
             adam_eps=h.adam_eps,
+            fallback_lr_scale=h.get("fallback_lr_scale", 0.1),  # configs saved before it existed
         )

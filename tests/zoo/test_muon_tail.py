@@ -145,3 +145,22 @@ def test_short_run_logs_and_stops(tmp_path) -> None:
     assert m["train/head_p"] >= 0.9 and 0 < stop.stopped_step < 500 and trainer.global_step == stop.stopped_step
     assert m["train/tail_p"] > 0.8  # Muon learns the tail with the head
     assert 0.9 < m["update/entropy"] <= 1.0
+
+
+def test_muon_fallback_params_get_the_scaled_lr() -> None:
+    """Biases and norm weights take timm's AdamW fallback at ``lr * fallback_lr_scale``, not at Muon's lr."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.LayerNorm(8), torch.nn.Linear(8, 8))
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    opt = build_optimizer(net.parameters(), "muon", lr=0.1)
+    assert opt.param_groups[0]["fallback_lr_scale"] == pytest.approx(0.1)  # the default
+    net(torch.randn(4, 8)).square().sum().backward()
+    opt.step()
+    # a first AdamW step moves each entry by lr * m / sqrt(v) = lr * sign(g) (up to eps)
+    for name in ("0.weight", "0.bias", "1.bias"):
+        step = (dict(net.named_parameters())[name].detach() - before[name]).abs()
+        torch.testing.assert_close(step, torch.full_like(step, 0.1 * 0.1), rtol=1e-4, atol=1e-6)
+    assert float((net[1].weight.detach() - before["1.weight"]).abs().max()) > 0.02  # the matrix: Muon at lr 0.1
+    model = AssociativeMemory(num_classes=8, dim=8, fallback_lr_scale=0.5)
+    assert model.configure_optimizers().param_groups[0]["fallback_lr_scale"] == 0.5
+    assert build_optimizer(net.parameters(), "muon", lr=0.1, fallback_lr_scale=1.0).param_groups[0]["fallback_lr_scale"] == 1.0

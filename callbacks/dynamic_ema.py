@@ -34,8 +34,10 @@ Choices and guesses (named in the card too):
   gradient) is reproduced deterministically: ``beta`` falls back where it is NaN, infinite,
   not in ``(0, 1)``, or where this or the previous step had no gradient for the tensor.
 - Only parameters with ``requires_grad`` at ``setup`` are averaged (the code averages the
-  trainable LoRA weights); buffers and frozen parameters follow the model (they are copied at
-  every update), so BatchNorm statistics are never mixed across tasks.
+  trainable LoRA weights); buffers and frozen parameters follow the model (never averaged,
+  swapped or copied back), so BatchNorm statistics are never mixed across tasks and a replay
+  memory that grows (ER, ER-ACE) stays the live one. :class:`TaskEndEMA` also averages
+  fixed-shape floating-point buffers (Lightning's ``use_buffers``); all others follow.
 - Gradients are read after the optimizer step, so they are unscaled (AMP) and clipped, as in
   the official trainer. A gradient set to ``None`` after the step (manual optimization that
   zeroes after stepping) makes that tensor fall back.
@@ -49,8 +51,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from typing_extensions import override
 
@@ -142,6 +145,11 @@ def dynamic_ema_update(
 
 
 # ---------------------------------------------------------------------- end-of-task replacement
+def _named_tensors(module: nn.Module) -> dict[str, Tensor]:
+    """Parameters and buffers by name, looked up afresh: a buffer may be rebound to a new tensor of another shape."""
+    return {**dict(module.named_parameters()), **dict(module.named_buffers())}
+
+
 class _TaskEndReplacement:
     """What :class:`DynamicEMA` and :class:`TaskEndEMA` add to Lightning's ``WeightAveraging``.
 
@@ -150,33 +158,109 @@ class _TaskEndReplacement:
       without a continual DataModule, at the end of training (Lightning's behaviour);
     - an average that was never updated (validation before the first step, or right after a
       task end) is never swapped or copied into the model;
+    - the average covers named tensors of fixed shape (:meth:`_select_averaged`): parameters
+      and, with ``use_buffers``, non-empty floating-point buffers. Every other buffer (replay
+      memories, counters, generator states) follows the live model: it is never averaged,
+      swapped or copied back, so a buffer that changes shape (an ER reservoir filling up)
+      neither crashes the callback nor comes back stale. An averaged buffer whose shape
+      changes joins the followed ones from then on (``followed_buffers`` in the state);
     - :meth:`_update_average` is the one place the average is updated, so a subclass changes
       the rule without touching Lightning's step and epoch bookkeeping;
     - ``dema/adaptive_frac`` and ``dema/adaptive_frac_matrices`` are logged at every epoch end
       and put into ``trainer.callback_metrics`` when training ends (0 for a fixed decay), so
       runs with either callback fill the same table.
 
+    Checkpoints keep Lightning's layout: ``state_dict`` holds the model with the averaged
+    tensors in place of the live ones (followed buffers as they are live), ``current_model_state``
+    the live model, ``averaging_state`` the ``AveragedModel``'s counter.
+
     The host class must be a ``WeightAveraging``; this mixin comes first in the bases.
     """
 
     _average_model: AveragedModel | None
+    _use_buffers: bool
     _latest_update_step: int
     _latest_update_epoch: int
     replace_at_task_end: bool
     replace_at_train_end: bool
     _swapped: bool = False
+    _averaged: list[str] | None = None  # names of the tensors the average covers (set at setup)
+    _followed_buffers: list[str] | None = None  # averaged buffers that changed shape and follow the model since
+    _pending_followed: list[str] | None = None  # from a state loaded before setup
 
     if TYPE_CHECKING:  # provided by WeightAveraging (stubs here would shadow it in the MRO)
 
         def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool: ...
 
-        def _copy_average_to_current(self, pl_module: LightningModule) -> None: ...
+        @property
+        def state_key(self) -> str: ...
 
-        def _swap_models(self, pl_module: LightningModule) -> None: ...
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)  # type: ignore[misc]
+        if stage == "fit" and self._average_model is not None:
+            self._averaged = self._select_averaged(pl_module)
+            self._followed_buffers = []
+            if self._pending_followed is not None:
+                self._follow(self._pending_followed)
+                self._pending_followed = None
+
+    def _select_averaged(self, pl_module: LightningModule) -> list[str]:
+        """All parameters; with ``use_buffers`` also the non-empty floating-point buffers (an empty one is a placeholder)."""
+        names = [name for name, _ in pl_module.named_parameters()]
+        if self._use_buffers:
+            names += [name for name, b in pl_module.named_buffers() if b.is_floating_point() and b.numel() > 0]
+        return names
+
+    def _follow(self, names: list[str]) -> None:
+        """Stop averaging these buffers: from now on they follow the live model."""
+        assert self._averaged is not None and self._followed_buffers is not None
+        self._averaged = [n for n in self._averaged if n not in names]
+        self._followed_buffers += [n for n in names if n not in self._followed_buffers]
+
+    def _pairs(self, pl_module: LightningModule) -> tuple[list[Tensor], list[Tensor]]:
+        """``(average, live)`` tensors the average covers; an averaged buffer whose shape changed starts following."""
+        assert self._average_model is not None and self._averaged is not None
+        live, average = _named_tensors(pl_module), _named_tensors(self._average_model.module)
+        changed = [n for n in self._averaged if n not in live or live[n].shape != average[n].shape]
+        if changed:
+            params = [n for n, _ in self._average_model.module.named_parameters() if n in changed]
+            if params:
+                raise RuntimeError(
+                    f"{type(self).__name__} averages parameters of a fixed shape, but {params} changed shape or "
+                    "disappeared during training; keep parameter shapes fixed (hold growing state in buffers)"
+                )
+            rank_zero_info(f"{type(self).__name__}: buffers {changed} changed shape; they follow the model from now on")
+            self._follow(changed)
+        return [average[n] for n in self._averaged], [live[n] for n in self._averaged]
 
     def _update_average(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """``AveragedModel.update_parameters`` restricted to the averaged tensors (same arithmetic, per tensor)."""
         assert self._average_model is not None
-        self._average_model.update_parameters(pl_module)
+        average, live = self._pairs(pl_module)
+        model = [p.detach().to(a.device) for a, p in zip(average, live)]
+        if self._average_model.n_averaged == 0:
+            for a, p in zip(average, model):
+                a.detach().copy_(p)
+        elif self._average_model.multi_avg_fn is not None:
+            self._average_model.multi_avg_fn([a.detach() for a in average], model, self._average_model.n_averaged.to(average[0].device))
+        else:
+            avg_fn = self._average_model.avg_fn
+            assert avg_fn is not None, "give WeightAveraging an avg_fn or a multi_avg_fn"
+            for a, p in zip(average, model):
+                a.detach().copy_(avg_fn(a.detach(), p, self._average_model.n_averaged.to(a.device)))
+        self._average_model.n_averaged += 1
+
+    def _swap_models(self, pl_module: LightningModule) -> None:
+        """Swap the averaged tensors with the live ones (followed buffers stay live)."""
+        for average, current in zip(*self._pairs(pl_module)):
+            tmp = average.data.clone()
+            average.data.copy_(current.data)
+            current.data.copy_(tmp)
+
+    def _copy_average_to_current(self, pl_module: LightningModule) -> None:
+        """Copy the averaged tensors into the model (followed buffers are never overwritten)."""
+        for average, current in zip(*self._pairs(pl_module)):
+            current.data.copy_(average.data)
 
     def _has_average(self) -> bool:
         return self._average_model is not None and bool(self._average_model.n_averaged > 0)
@@ -193,6 +277,51 @@ class _TaskEndReplacement:
         self._copy_average_to_current(pl_module)
         self._reset_average()
         return True
+
+    # ------------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "followed_buffers": list(self._followed_buffers or [])}  # type: ignore[misc]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)  # type: ignore[misc]
+        followed = list(state_dict.get("followed_buffers", []))
+        if self._averaged is None:  # before setup
+            self._pending_followed = followed
+        else:
+            self._follow(followed)
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._average_model is None or self._averaged is None:
+            super().on_save_checkpoint(trainer, pl_module, checkpoint)  # type: ignore[misc]  # Lightning's notice
+            return
+        average = _named_tensors(self._average_model.module)  # no shape check here: saving changes nothing
+        current = checkpoint["state_dict"]
+        by_name = {n: average[n].detach() for n in self._averaged if n in current and current[n].shape == average[n].shape}
+        checkpoint["current_model_state"] = current
+        checkpoint["state_dict"] = {k: by_name.get(k, v) for k, v in current.items()}
+        checkpoint["averaging_state"] = {k: v for k, v in self._average_model.state_dict().items() if not k.startswith("module.")}
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._average_model is None or self._averaged is None:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)  # type: ignore[misc]  # Lightning's warning
+            return
+        state = checkpoint["state_dict"]
+        averaging = checkpoint.get("averaging_state")
+        if "current_model_state" in checkpoint and averaging is not None:
+            # load_state_dict comes after this hook: take the followed buffers from the saved state now
+            self._follow(list(checkpoint.get("callbacks", {}).get(self.state_key, {}).get("followed_buffers", [])))
+            self._average_model.load_state_dict(averaging, strict=False)  # the counter; module.* are set below
+        else:
+            rank_zero_warn(
+                f"The checkpoint was not created with {type(self).__name__}: the average starts from its state_dict"
+            )
+        average = _named_tensors(self._average_model.module)
+        for name in self._averaged:
+            if name in state and state[name].shape == average[name].shape:
+                average[name].detach().copy_(state[name])
+        if "current_model_state" in checkpoint and averaging is not None:
+            # the model was loaded from "state_dict" (the average); the live weights are in "current_model_state"
+            pl_module.load_state_dict(checkpoint["current_model_state"])
 
     @override
     def on_train_batch_end(
@@ -286,10 +415,8 @@ class DynamicEMA(_TaskEndReplacement, WeightAveraging):
         super().__init__(device=device, use_buffers=False)
         self.fallback_beta, self.norm_p = fallback_beta, norm_p
         self.replace_at_task_end, self.replace_at_train_end = replace_at_task_end, replace_at_train_end
-        self._params: list[Tensor] = []  # the model's trainable parameters
-        self._others: list[Tensor] = []  # its frozen parameters and buffers (followed, not averaged)
+        self._params: list[Tensor] = []  # the model's trainable parameters (frozen ones and buffers follow the model)
         self._shadow: list[Tensor] = []
-        self._shadow_others: list[Tensor] = []
         self._prev_grads: list[Tensor] = []  # g_{t-1}, preallocated (official p_grad_data)
         self._prev_valid: Tensor | None = None  # per tensor: did step t-1 have a gradient?
         self._is_matrix: Tensor | None = None
@@ -305,15 +432,12 @@ class DynamicEMA(_TaskEndReplacement, WeightAveraging):
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
-        assert self._average_model is not None
-        model_params, avg_params = list(pl_module.parameters()), list(self._average_model.module.parameters())
-        trainable = [p.requires_grad for p in model_params]
-        if not any(trainable):
+        assert self._average_model is not None and self._averaged is not None
+        if not self._averaged:
             raise ValueError("DynamicEMA averages trainable parameters, but the model has none that require grad")
-        self._params = [p for p, t in zip(model_params, trainable) if t]
-        self._shadow = [p.detach() for p, t in zip(avg_params, trainable) if t]
-        self._others = [p for p, t in zip(model_params, trainable) if not t] + list(pl_module.buffers())
-        self._shadow_others = [p.detach() for p, t in zip(avg_params, trainable) if not t] + list(self._average_model.module.buffers())
+        model_params, avg_params = dict(pl_module.named_parameters()), dict(self._average_model.module.named_parameters())
+        self._params = [model_params[n] for n in self._averaged]
+        self._shadow = [avg_params[n].detach() for n in self._averaged]
         device = self._shadow[0].device
         self._prev_grads = [torch.zeros_like(s) for s in self._shadow]
         self._prev_valid = torch.zeros(len(self._shadow), dtype=torch.bool, device=device)
@@ -323,6 +447,11 @@ class DynamicEMA(_TaskEndReplacement, WeightAveraging):
         self._task_updates = self._updates = 0  # a new AveragedModel starts empty
         if self._pending_state is not None:  # load_state_dict came before setup
             self._apply_state(self._pending_state)
+
+    @override
+    def _select_averaged(self, pl_module: LightningModule) -> list[str]:
+        """The parameters that require grad at ``setup`` (the code averages the trainable LoRA weights)."""
+        return [name for name, p in pl_module.named_parameters() if p.requires_grad]
 
     # ---------------------------------------------------------------------------- update
     @override
@@ -345,8 +474,6 @@ class DynamicEMA(_TaskEndReplacement, WeightAveraging):
             beta, adaptive = dynamic_ema_update(self._shadow, params, grads, self._prev_grads, valid, self.fallback_beta, self.norm_p)
             self._adaptive += torch.stack([adaptive.sum(), (adaptive & self._is_matrix).sum()])
             self._beta_sum += torch.where(adaptive, beta, 0).sum().float()
-        if self._others:
-            torch._foreach_copy_(self._shadow_others, [t.detach() for t in self._others])
         if has_grad is None:
             self._prev_valid.fill_(True)
         else:

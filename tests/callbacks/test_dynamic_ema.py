@@ -19,7 +19,7 @@ from lightning.pytorch import Callback, LightningDataModule, Trainer, seed_every
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from tests.conftest import TRAINER_KWARGS, CrashAt, ForeignClassifier, Job, SimulatedCrash, run_ddp
+from tests.conftest import TRAINER_KWARGS, CrashAt, ForeignClassifier, Job, SimulatedCrash, assert_same_state, run_ddp
 from zoo.callbacks.dynamic_ema import DynamicEMA, TaskEndEMA, _norms, balance_weights, dynamic_ema_update
 
 torch.set_num_threads(1)
@@ -408,9 +408,127 @@ class GrowingMemory(TinyNet):
         self.memory = torch.cat([self.memory, torch.ones(5, 6)])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: DynamicEMA averages buffers whose shape changes during training")
-def test_a_buffer_that_grows_follows_the_live_model() -> None:
+class GrowingFromTheStart(TinyNet):
+    """A float buffer that is not empty at ``setup`` and grows later: averaged at first, then it must follow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("memory", torch.ones(2, 6))
+
+    def on_train_epoch_start(self) -> None:
+        if self.current_epoch > 0:
+            self.memory = torch.cat([self.memory, torch.full((1, 6), float(self.current_epoch))])
+
+
+def both(**kwargs):
+    return [pytest.param(lambda: DynamicEMA(**kwargs), id="DynamicEMA"), pytest.param(lambda: TaskEndEMA(decay=0.9, **kwargs), id="TaskEndEMA")]
+
+
+@pytest.mark.parametrize("make", both())
+@pytest.mark.parametrize("model_cls", [GrowingMemory, GrowingFromTheStart])
+def test_a_buffer_that_grows_follows_the_live_model(make, model_cls) -> None:
     seed_everything(0)
-    model, ema = GrowingMemory(), DynamicEMA()
-    Trainer(max_epochs=3, callbacks=[ema], enable_checkpointing=False, **TRAINER_KWARGS).fit(model, DataLoader(tiny_data(), batch_size=16))
-    assert model.memory.shape == (15, 6)  # the train-end copy never puts back a stale (shorter) buffer
+    model, ema = model_cls(), make()
+    val = DataLoader(tiny_data(32, seed=1), batch_size=16)
+    Trainer(max_epochs=3, callbacks=[ema], enable_checkpointing=False, **TRAINER_KWARGS).fit(model, DataLoader(tiny_data(), batch_size=16), val)
+    want = torch.cat([torch.ones(2, 6), torch.ones(1, 6), torch.full((1, 6), 2.0)]) if model_cls is GrowingFromTheStart else torch.ones(15, 6)
+    assert torch.equal(model.memory, want)  # the train-end copy never puts back a stale (shorter) buffer
+    if model_cls is GrowingFromTheStart and isinstance(ema, TaskEndEMA):  # averaged while it kept its shape, then followed
+        assert ema.state_dict()["followed_buffers"] == ["memory"]
+
+
+class ReplayTasks(TwoTasks):
+    """TwoTasks with labels ``{0, 1}`` in task 0 and ``{1, 2}`` in task 1 (so ER-ACE masks something)."""
+
+    def train_dataloader(self) -> DataLoader:
+        x, y = self.data.tensors
+        task = self.task_of_epoch(self.trainer.current_epoch)
+        y = torch.clamp(y, max=1) + task
+        return DataLoader(TensorDataset(x, y), self.batch_size, sampler=EpochShuffle(len(y)))
+
+
+def replay_model(method: str):
+    from zoo.templates.continual import ContinualClassifier
+
+    return ContinualClassifier(num_classes=3, input_dim=6, hidden_dims=[16], method=method, buffer_size=20, replay_batch_size=8, lr=0.5)
+
+
+def fit_replay(method: str, callbacks, max_epochs: int = 4, **kwargs):
+    seed_everything(0)
+    model = replay_model(method)
+    trainer = Trainer(
+        max_epochs=max_epochs, callbacks=callbacks, reload_dataloaders_every_n_epochs=1, **{**TRAINER_KWARGS, "enable_checkpointing": False, **kwargs}
+    )
+    trainer.fit(model, datamodule=ReplayTasks())
+    return model, trainer
+
+
+@pytest.mark.parametrize("make", both())
+@pytest.mark.parametrize("method", ["er", "er_ace"])
+def test_replay_memory_follows_the_live_model(make, method: str) -> None:
+    plain, _ = fit_replay(method, [])
+    model, _ = fit_replay(method, [make()])
+    # the reservoir depends only on the stream and its generator: with or without the average it is the same
+    assert len(model.buffer) == 20 and model.buffer.seen == 4 * 96
+    for name in ("buffer.x", "buffer.y", "buffer.num_seen", "buffer.generator_state", "largest_seen"):
+        assert torch.equal(model.state_dict()[name], plain.state_dict()[name]), name
+    assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), plain.parameters()))  # the weights are the average's
+
+
+@pytest.mark.parametrize("make", both())
+@pytest.mark.parametrize("method,crash_epoch", [("er", 1), ("er_ace", 2)])  # mid-task; right after a task end
+def test_replay_crash_and_resume_continues_exactly(tmp_path: Path, make, method: str, crash_epoch: int) -> None:
+    # the checkpoint's reservoir holds 20 examples, the fresh model it is loaded into an empty one
+    reference_ema = make()
+    reference, _ = fit_replay(method, [reference_ema])
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=-1)
+    with pytest.raises(SimulatedCrash):
+        fit_replay(method, [make(), ckpt, CrashAt(crash_epoch)], enable_checkpointing=True)
+    resumed_ema = make()
+    seed_everything(1)
+    resumed = replay_model(method)
+    trainer = Trainer(max_epochs=4, callbacks=[resumed_ema], reload_dataloaders_every_n_epochs=1, **{**TRAINER_KWARGS, "enable_checkpointing": False})
+    trainer.fit(resumed, datamodule=ReplayTasks(), ckpt_path=tmp_path / "last.ckpt")
+    assert_same_state(resumed, reference, "model")
+    assert_same_state(resumed_ema.state_dict(), reference_ema.state_dict(), "callback state")
+    assert resumed_ema._averaged == reference_ema._averaged and "buffer.x" not in reference_ema._averaged
+    assert_same_state(averaged_state(resumed_ema), averaged_state(reference_ema), "average")
+
+
+def averaged_state(ema) -> dict:
+    """The average's own state: the tensors it covers and its counter (followed buffers are the live model's)."""
+    state = ema._average_model.state_dict()
+    return {k: v for k, v in state.items() if not k.startswith("module.") or k[len("module.") :] in ema._averaged}
+
+
+class GrowingAndResumable(GrowingFromTheStart):
+    """GrowingFromTheStart that loads a saved ``memory`` of any length (as the zoo's replay buffer does)."""
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "memory" in state_dict:
+            self.memory = state_dict[prefix + "memory"].clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def test_a_buffer_that_stopped_being_averaged_stays_followed_after_resume(tmp_path: Path) -> None:
+    def run(callbacks, **kwargs):
+        seed_everything(0)
+        model = GrowingAndResumable()
+        trainer = Trainer(max_epochs=4, callbacks=callbacks, **{**TRAINER_KWARGS, "enable_checkpointing": False, **kwargs})
+        trainer.fit(model, DataLoader(tiny_data(), batch_size=16, sampler=EpochShuffle(96)))
+        return model
+
+    reference_ema = TaskEndEMA(decay=0.9)
+    reference = run([reference_ema])
+    with pytest.raises(SimulatedCrash):
+        run([TaskEndEMA(decay=0.9), ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=-1), CrashAt(2)], enable_checkpointing=True)
+    resumed_ema = TaskEndEMA(decay=0.9)
+    seed_everything(1)
+    resumed = GrowingAndResumable()
+    Trainer(max_epochs=4, callbacks=[resumed_ema], **{**TRAINER_KWARGS, "enable_checkpointing": False}).fit(
+        resumed, DataLoader(tiny_data(), batch_size=16, sampler=EpochShuffle(96)), ckpt_path=tmp_path / "last.ckpt"
+    )
+    assert reference.memory.shape == (5, 6) and resumed_ema.state_dict()["followed_buffers"] == ["memory"]
+    assert_same_state(resumed, reference, "model")
+    assert_same_state(resumed_ema.state_dict(), reference_ema.state_dict(), "callback state")
+    assert_same_state(averaged_state(resumed_ema), averaged_state(reference_ema), "average")

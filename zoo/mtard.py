@@ -60,7 +60,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from zoo.hub import load as zoo_load
-from zoo.nn.attacks import PGD
+from zoo.nn.attacks import PGD, as_clip, check_clip_matches_data
 from zoo.nn.backbones import build_backbone
 from zoo.templates import ClassifierModule
 
@@ -176,7 +176,9 @@ class TeacherClassifier(ClassifierModule):
         backbone / num_classes / input_dim / hidden_dims / in_chans / cifar_stem: see
             :func:`zoo.nn.backbones.build_backbone` (default: an MLP 64-256-256-10).
         adversarial: PGD-AT instead of natural training.
-        epsilon / attack_step_size / attack_steps: the L-inf PGD of PGD-AT (pixels in [0, 1]).
+        epsilon / attack_step_size / attack_steps: the L-inf PGD of PGD-AT; ``clip`` its input
+            range (pixels in [0, 1]) or None for unbounded inputs (``setup`` refuses a DataModule
+            with ``normalize=True`` unless ``clip`` is None).
         optimizer (``sgd`` | ``adam``) / lr / momentum / weight_decay / milestones / gamma: training.
     """
 
@@ -192,6 +194,7 @@ class TeacherClassifier(ClassifierModule):
         epsilon: float = 8 / 255,
         attack_step_size: float = 2 / 255,
         attack_steps: int = 10,
+        clip: tuple[float, float] | None = (0.0, 1.0),
         optimizer: str = "sgd",
         lr: float = 0.1,
         momentum: float = 0.9,
@@ -212,7 +215,16 @@ class TeacherClassifier(ClassifierModule):
     def attack(self) -> PGD:
         """PGD-AT's attack, built from the hparams (a property: PGD objects do not pickle, ddp_spawn pickles the module)."""
         hp = self.hparams
-        return PGD(hp["epsilon"], hp["attack_step_size"], hp["attack_steps"], random_start=True, init="uniform", model_mode="eval")
+        return PGD(
+            hp["epsilon"], hp["attack_step_size"], hp["attack_steps"], random_start=True, init="uniform",
+            clip=as_clip(hp["clip"]), model_mode="eval",
+        )  # fmt: skip
+
+    @override
+    def setup(self, stage: str) -> None:
+        """Refuse standardised inputs when PGD-AT clips them to a pixel range."""
+        if self.hparams["adversarial"]:
+            check_clip_matches_data(self.trainer.datamodule, self.hparams["clip"], "TeacherClassifier")
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
@@ -238,7 +250,9 @@ class MTARD(ClassifierModule):
         backbone / num_classes / input_dim / hidden_dims / in_chans / cifar_stem: the student
             (:func:`zoo.nn.backbones.build_backbone`); defaults: the embedded digits MLP 64-64-10.
         epsilon / attack_step_size / attack_steps / attack_init_std: the student-driven L-inf PGD
-            (official: 8/255, 2/255, 10, Gaussian start with std 0.001).
+            (official: 8/255, 2/255, 10, Gaussian start with std 0.001); ``clip`` its input range
+            (pixels in [0, 1]) or None for unbounded inputs (``setup`` refuses a DataModule with
+            ``normalize=True`` unless ``clip`` is None).
         use_entropy_balance / temp_init / temp_min / temp_max / temp_lr: Entropy-Based Balance;
             ``use_entropy_balance=False`` keeps both temperatures at ``temp_init`` (ECCV'22 MTARD).
         use_loss_balance / weight_lr / w_adv_init: Normalization Loss Balance; off keeps the
@@ -264,6 +278,7 @@ class MTARD(ClassifierModule):
         attack_step_size: float = 2 / 255,
         attack_steps: int = 10,
         attack_init_std: float = 0.001,
+        clip: tuple[float, float] | None = (0.0, 1.0),
         use_entropy_balance: bool = True,
         temp_init: float = 1.0,
         temp_min: float = 1.0,
@@ -317,7 +332,7 @@ class MTARD(ClassifierModule):
         hp = self.hparams
         return PGD(
             hp["epsilon"], hp["attack_step_size"], hp["attack_steps"], random_start=True, init="normal",
-            init_std=hp["attack_init_std"], model_mode="eval",
+            init_std=hp["attack_init_std"], clip=as_clip(hp["clip"]), model_mode="eval",
         )  # fmt: skip
 
     # --------------------------------------------------------------------------- teachers
@@ -338,6 +353,7 @@ class MTARD(ClassifierModule):
 
     @override
     def setup(self, stage: str) -> None:
+        check_clip_matches_data(self.trainer.datamodule, self.hparams["clip"], "MTARD")
         if stage == "fit":
             self.load_teachers()
             missing = [r for r in ROLES if r not in self.teachers]

@@ -78,7 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.nn.attacks import PGD
+from zoo.nn.attacks import PGD, as_clip, check_clip_matches_data
 from zoo.nn.backbones import build_backbone, feature_dim
 from zoo.templates import ClassifierModule
 
@@ -280,7 +280,9 @@ class SRATModule(ClassifierModule):
             effective number; ``reweight_start_epoch`` the first reweighted epoch (0 = from start).
         sep_weight / sep_temperature: lambda and tau of the separation loss (0 = off).
         epsilon / step_size / attack_steps: the L-inf PGD training attack (0 steps = natural
-            training); ``attack_model_mode`` ``keep`` (train mode, Madry) or ``eval``.
+            training); ``attack_model_mode`` ``keep`` (train mode, Madry) or ``eval``; ``clip`` the
+            valid input range (pixels in [0, 1]) or None for unbounded inputs; ``setup`` refuses a
+            DataModule with ``normalize=True`` unless ``clip`` is None.
         optimizer: ``adam`` | ``sgd``; lr, momentum, weight_decay; ``lr_milestones`` /
             ``lr_gamma`` a step decay (epochs).
     """
@@ -309,6 +311,7 @@ class SRATModule(ClassifierModule):
         step_size: float = 0.025,
         attack_steps: int = 7,
         attack_model_mode: Literal["keep", "eval"] = "keep",
+        clip: tuple[float, float] | None = (0.0, 1.0),
         optimizer: str = "adam",
         lr: float = 1e-3,
         momentum: float = 0.9,
@@ -351,7 +354,7 @@ class SRATModule(ClassifierModule):
         if class_counts is not None:
             self._set_margins(class_counts)
         self.attack = (
-            PGD(epsilon, step_size, attack_steps, "linf", random_start=True, model_mode=attack_model_mode) if attack_steps > 0 else None
+            PGD(epsilon, step_size, attack_steps, "linf", random_start=True, clip=as_clip(clip), model_mode=attack_model_mode) if attack_steps > 0 else None
         )
 
     # ----------------------------------------------------------------------------- building
@@ -359,7 +362,9 @@ class SRATModule(ClassifierModule):
         self.margins.copy_(ldam_margins(class_counts, self.hparams.ldam_max_margin).to(self.margins.dtype))
 
     def setup(self, stage: str) -> None:
-        """Take the class counts from the DataModule when none were given."""
+        """Check the DataModule's inputs against ``clip``; take its class counts when none were given."""
+        if self._trainer is not None and self.attack is not None:
+            check_clip_matches_data(self.trainer.datamodule, self.hparams.clip, "SRATModule")
         if self.hparams.class_counts is not None:
             return
         counts = getattr(self.trainer.datamodule, "class_counts", None) if self._trainer is not None else None

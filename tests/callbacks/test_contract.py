@@ -152,7 +152,7 @@ def build_neural_collapse() -> Job:
 
 
 def build_robustness() -> Job:
-    callback = RobustnessEvaluation(eps=0.1, steps=2, num_classes=3, stage="validate", random_start=False)
+    callback = RobustnessEvaluation(eps=0.1, steps=2, num_classes=3, stage="validate", random_start=False, clip=None)
     return Job(ForeignClassifier(), [callback], {"train_dataloaders": blob_loader(), "val_dataloaders": blob_loader(seed=1)})
 
 
@@ -219,11 +219,6 @@ def _nothing(cb: Callback) -> None:
     """RobustnessEvaluation keeps no state; its metrics are the evidence."""
 
 
-ISSUE_9_ROBUSTNESS = (
-    "issue 9: RobustnessEvaluation reads trainer.datamodule, so a run with plain dataloaders raises AttributeError"
-)
-
-
 @dataclass(frozen=True)
 class Spec:
     """How to build a callback's run, what it must show, and what a plain foreign module gets instead."""
@@ -244,7 +239,6 @@ SPECS: dict[type[Callback], Spec] = {
     NeuralCollapseMonitor: Spec(build_neural_collapse, _nc_measured, ("nc/NC1", "nc/NC2_W", "nc/NC2_H", "nc/NC3")),  # type: ignore[arg-type]
     RobustnessEvaluation: Spec(
         build_robustness, _nothing, ("robust/clean_acc", "robust/pgd_acc", "robust/cw_mpc"),
-        xfail={"fit": ISSUE_9_ROBUSTNESS, "ddp": ISSUE_9_ROBUSTNESS},
     ),  # fmt: skip
     ContinualEvaluation: Spec(build_continual, _matrix_full, ("cl/avg_acc",), needs="needs a continual DataModule", crash_epoch=1),  # type: ignore[arg-type]
     AuxFreeLoadBalancing: Spec(build_alf_lb, _bias_moved, ("alf_lb/maxvio",), needs="has no router to balance"),  # type: ignore[arg-type]

@@ -361,3 +361,18 @@ def test_claim_teacher_arm_sets_the_save_path(tmp_path: Path) -> None:
     assert len(saver) == 1 and saver[0].dirpath == f"{tmp_path}/seed3/robust" and run.model.hparams["adversarial"]
     full = cli.build_lightning_cli(["--config", str(CARD / "full_teacher.yaml"), "--trainer.logger=false"], run=False)
     assert isinstance(full.model, TeacherClassifier)
+
+
+@pytest.mark.parametrize("cls", [MTARD, TeacherClassifier])
+def test_setup_refuses_standardised_data_when_the_attack_clips_to_pixels(cls: type, tmp_path: Path) -> None:
+    from zoo.datamodules.digits import DigitsDataModule
+
+    kwargs = {"hidden_dims": [16], "epsilon": 0.1, "attack_step_size": 0.05, "attack_steps": 1}
+    kwargs |= {"adversarial": True} if cls is TeacherClassifier else {}
+    trainer_kwargs = dict(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ValueError, match="normalize=True") as raised:
+        Trainer(**trainer_kwargs).fit(cls(**kwargs), DigitsDataModule(normalize=True))
+    assert any(entry.name == "setup" for entry in raised.traceback)
+    model = cls(**kwargs, clip=None)  # standardised inputs are unbounded: the attack stays in the eps-ball only
+    assert model.attack.clip is None and cls(**kwargs).attack.clip == (0.0, 1.0)
+    Trainer(**trainer_kwargs).fit(model, DigitsDataModule(normalize=True))

@@ -322,3 +322,14 @@ def test_timm_backbone_with_cifar_stem_normalises_inside() -> None:
     assert torch.allclose(model(x), direct)
     with pytest.raises(ValueError, match="timm model name"):
         SRATModule(backbone="no_such_net")
+
+
+def test_setup_refuses_standardised_data_when_the_attack_clips_to_pixels(tmp_path: Path) -> None:
+    standardised = DigitsDataModule(normalize=True, imbalance_ratio=20)
+    with pytest.raises(ValueError, match="normalize=True") as raised:
+        make_trainer(1, tmp_path, []).fit(SRATModule(attack_steps=1), standardised)
+    assert any(entry.name == "setup" for entry in raised.traceback)
+    model = SRATModule(attack_steps=1, clip=None)  # unbounded inputs: the attack stays in the eps-ball only
+    assert model.attack is not None and model.attack.clip is None
+    make_trainer(1, tmp_path, []).fit(model, standardised)
+    assert SRATModule(attack_steps=1).attack.clip == (0.0, 1.0)  # type: ignore[union-attr]

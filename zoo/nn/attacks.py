@@ -5,7 +5,8 @@
 caller's grad mode are left as they were found; ``model_mode="eval"`` runs the attack in eval
 mode (as MTARD generates its examples) and restores the mode afterwards. It works inside
 ``torch.no_grad``/``inference_mode`` evaluation loops. Inputs are clipped to ``clip`` (pixels in
-[0, 1] by default; ``None`` for unbounded features).
+[0, 1] by default; ``None`` for unbounded features, e.g. standardised ones: see
+:func:`check_clip_matches_data`).
 
 >>> import torch
 >>> model = torch.nn.Linear(4, 3)
@@ -17,7 +18,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal
 
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["PGD", "FGSM", "cw_margin_loss", "ATTACK_LOSSES"]
+__all__ = ["PGD", "FGSM", "cw_margin_loss", "ATTACK_LOSSES", "as_clip", "check_clip_matches_data"]
 
 Norm = Literal["linf", "l2"]
 
@@ -145,3 +146,25 @@ class PGD:
 def FGSM(eps: float, loss: str = "ce", clip: tuple[float, float] | None = (0.0, 1.0)) -> PGD:
     """Fast gradient sign method (Goodfellow et al. 2015): one L-inf step of size ``eps`` from ``x``."""
     return PGD(eps=eps, alpha=eps, steps=1, norm="linf", random_start=False, loss=loss, clip=clip)
+
+
+def as_clip(clip: Sequence[float] | None) -> tuple[float, float] | None:
+    """``clip`` as a ``(low, high)`` pair (a config gives a list); None stays None (unbounded inputs)."""
+    if clip is None:
+        return None
+    if len(clip) != 2 or not float(clip[0]) < float(clip[1]):
+        raise ValueError(f"clip must be [low, high] with low < high, or None for unbounded inputs; got {clip}")
+    return float(clip[0]), float(clip[1])
+
+
+def check_clip_matches_data(datamodule: object, clip: tuple[float, float] | None, owner: str) -> None:
+    """Refuse a DataModule that standardises its inputs (``normalize=True``) when the attack clips them to a range.
+
+    Standardised inputs are not pixels in ``clip``: clamping them would move clean examples
+    (a silent error), so ``owner`` stops at ``setup`` and names both ways out.
+    """
+    if clip is not None and getattr(datamodule, "normalize", False) is True:
+        raise ValueError(
+            f"{owner} clips adversarial inputs to {list(clip)}, but {type(datamodule).__name__} standardises them "
+            f"(normalize=True): pass the DataModule normalize=False (pixels in [0, 1]) or give {owner} clip=None (unbounded inputs)"
+        )

@@ -91,3 +91,18 @@ def test_cw_margin_by_hand() -> None:
     assert float(cw_margin_loss(logits, y)) == pytest.approx((0 + -0.5) / 2)
     assert float(cw_margin_loss(logits, y, kappa=0.2)) == pytest.approx((0.2 + -0.5) / 2)
     assert float(cw_margin_loss(logits, y, kappa=10.0)) == pytest.approx((3 + -0.5) / 2)
+
+
+def test_as_clip_and_the_data_check() -> None:
+    from types import SimpleNamespace
+
+    from zoo.nn.attacks import as_clip, check_clip_matches_data
+
+    assert as_clip([0, 1]) == (0.0, 1.0) and as_clip(None) is None
+    with pytest.raises(ValueError, match="low < high"):
+        as_clip([1.0, 0.0])
+    check_clip_matches_data(SimpleNamespace(normalize=False), (0.0, 1.0), "PGD-AT")
+    check_clip_matches_data(SimpleNamespace(normalize=True), None, "PGD-AT")
+    check_clip_matches_data(None, (0.0, 1.0), "PGD-AT")  # plain dataloaders: nothing to check
+    with pytest.raises(ValueError, match="normalize=False .* clip=None"):
+        check_clip_matches_data(SimpleNamespace(normalize=True), (0.0, 1.0), "PGD-AT")

@@ -41,8 +41,11 @@ Deviations from the official code, all named:
   quantity by the law of total variance, from per-sample moments of the centred input, inside
   one autograd Function with a hand-written backward (``_BalancedNorm``; gradchecked against
   the autograd composition of :func:`weighted_moments`). Plain batch moments are the same
-  kernel with ``omega_n = 1/N``. This keeps a training step within 2x of ``nn.BatchNorm2d``
-  (``python -m benchmarks.adab2n``); the same maths left to autograd measured ~3.5x.
+  kernel with ``omega_n = 1/N``. The normalization and the large reductions of the backward
+  run on BatchNorm's own kernels and the ``(N, C)`` chain is written out, so a task-weighted
+  training step costs about what ``nn.BatchNorm2d``'s does on CPU (0.7-1.0x,
+  ``python -m benchmarks.adab2n``; 1.5-1.75x with broadcasting ``addcmul`` and an autograd
+  chain, ~3.5x with the same maths left to autograd).
 - A training forward at task > 0 without counts warns once (plain batch moments are used, as
   in the official code); counts whose length differs from the batch raise an error.
 - As in the official code (and unlike a normalised ``sum(omega) = 1``), a task ``j <= cur_tasks``
@@ -147,67 +150,68 @@ class _BalancedNorm(torch.autograd.Function):
     """:func:`weighted_moments` then the normalization, fused: ``(y, mu, var)`` from ``(x, omega, gamma, beta)``.
 
     The same maths as ``_normalize(x, *weighted_moments(x, omega), gamma, beta, eps)``: per-sample
-    moments by a two-pass centring (``c = x - mean_hw(x)``, stable), ``y = c * scale + shift_nc``,
-    and a hand-written backward that touches the ``(N, C, H, W)`` tensors in four passes; the
-    ``(N, C)``-sized part of the chain is left to autograd. ``mu`` and ``var`` are outputs so the
-    regularizer's gradient flows back through them. Saves ``c`` (not ``x``). Not twice
+    moments by a two-pass centring (``c = x - mean_hw(x)``, stable), then ``y`` by BatchNorm's own
+    inference kernel with ``(mu, var)`` as its statistics. The hand-written backward gets the
+    per-channel sums ``sum g`` and ``sum g (x - mu)`` from BatchNorm's backward kernel (one pass)
+    and ``dL/dx`` in two passes, the per-(sample, channel) affine part again by the inference
+    kernel (torch's broadcasting ``addcmul`` has no vectorized path for it and cost ~4x); the
+    ``(N, C)``-sized part of the chain is written out too. ``mu`` and ``var`` are outputs so the
+    regularizer's gradient flows back through them. Saves ``x`` (not a centred copy). Not twice
     differentiable.
     """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, omega: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
         n, c, h, w = x.shape
-        flat = x.contiguous().view(n * c, h * w)
+        x = x.contiguous()
+        flat = x.view(n * c, h * w)
         sample_mean = flat.mean(1, keepdim=True)
-        centred = flat - sample_mean
-        sample_var = torch.linalg.vecdot(centred, centred).view(n, c) / (h * w)
+        sample_var = torch.linalg.vector_norm(flat - sample_mean, dim=1).square().view(n, c) / (h * w)
         sample_mean = sample_mean.view(n, c)
         omega = omega.to(sample_mean.dtype)
         mean = omega @ sample_mean
         var = omega @ (sample_var + (sample_mean - mean).square())
+        y = F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)  # gamma (x - mu) / sqrt(var + eps) + beta
         rstd = torch.rsqrt(var + eps)
         scale = rstd * weight if weight is not None else rstd
-        shift = (sample_mean - mean) * scale  # (N, C): y = gamma (x - mu) rstd + beta = c * scale + shift
-        if bias is not None:
-            shift = shift + bias
-        y = torch.addcmul(shift.view(n, c, 1, 1), centred.view(n, c, h, w), scale.view(1, c, 1, 1))
-        ctx.save_for_backward(centred, omega, weight, sample_mean, sample_var, scale)
+        ctx.save_for_backward(x, omega, weight, sample_mean, sample_var, mean, scale)
         ctx.eps, ctx.has_bias = eps, bias is not None
         return y, mean, var
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_y: Tensor, grad_mean: Tensor | None, grad_var: Tensor | None) -> tuple[Tensor | None, ...]:
-        centred, omega, weight, sample_mean, sample_var, scale = ctx.saved_tensors
+        x, omega, weight, sample_mean, sample_var, mean, scale = ctx.saved_tensors
         n, c = sample_mean.shape
-        hw = centred.shape[1]
-        grad_flat = grad_y.contiguous().view(n * c, hw)
-        # per-sample sums over H, W of grad_y and of grad_y * x = grad_y * (c + m)
-        s1 = grad_flat.sum(1).view(n, c)
-        s2 = torch.linalg.vecdot(grad_flat, centred).view(n, c) + s1 * sample_mean
-        grad_scale, grad_shift = s2.sum(0), s1.sum(0)
-        with torch.enable_grad():  # the (N, C)-sized chain: omega, per-sample moments -> mu, var -> scale, shift
-            leaves = [t.detach().requires_grad_(True) for t in (omega, sample_mean, sample_var)]
-            w_, m_, v_ = leaves
-            mu = w_ @ m_
-            sigma2 = w_ @ (v_ + (m_ - mu).square())
-            scale_ = torch.rsqrt(sigma2 + ctx.eps)
-            params = []
-            if weight is not None:
-                gamma = weight.detach().requires_grad_(True)
-                params.append(gamma)
-                scale_ = scale_ * gamma
-            outputs, grads = [scale_, -mu * scale_], [grad_scale, grad_shift]  # x * scale + shift, shift = beta - mu * scale
-            for out, g in ((mu, grad_mean), (sigma2, grad_var)):
-                if g is not None:
-                    outputs.append(out)
-                    grads.append(g)
-            found = torch.autograd.grad(outputs, leaves + params, grads)
-        grad_omega, grad_m, grad_v = found[:3]
-        # x -> per-sample moments: dm/dx = 1/HW, dv/dx = 2 (x - m)/HW = 2 c/HW; plus the direct path grad_y * scale
-        grad_x = torch.addcmul((grad_m / hw).view(n * c, 1), centred, ((2.0 / hw) * grad_v).view(n * c, 1))
-        grad_x = grad_x.view(n, c, -1).addcmul_(grad_flat.view(n, c, hw), scale.view(1, c, 1))
-        grad_weight = found[3] if weight is not None else None
+        hw = x.shape[2] * x.shape[3]
+        grad_y = grad_y.contiguous()
+        # per channel: sum_{n,hw} g (x - mu) and sum_{n,hw} g, in one pass of BatchNorm's backward kernel
+        _, grad_scale, grad_shift = torch.ops.aten.native_batch_norm_backward(
+            grad_y, x, None, None, None, mean, torch.ones_like(mean), True, 0.0, [False, True, True]
+        )
+        # the (N, C)-sized chain by hand: mu = omega @ m, s2 = omega @ (v + (m - mu)^2),
+        # scale = gamma / sqrt(s2 + eps), y = (x - mu) * scale + beta
+        dev = sample_mean - mean  # d_nc = m_nc - mu_c
+        rstd = torch.rsqrt(omega @ (sample_var + dev.square()) + ctx.eps)
+        grad_rstd = grad_scale * weight if weight is not None else grad_scale  # dL/dscale = sum g (x - mu)
+        grad_s2 = -0.5 * grad_rstd * rstd.pow(3)
+        if grad_var is not None:
+            grad_s2 = grad_s2 + grad_var
+        grad_mu = -scale * grad_shift  # the direct path (x - mu); dL/dbeta = sum g
+        if grad_mean is not None:
+            grad_mu = grad_mu + grad_mean
+        grad_mu = grad_mu - 2.0 * grad_s2 * (omega @ dev)  # through s2's (m - mu)^2
+        grad_m = omega[:, None] * (grad_mu + 2.0 * grad_s2 * dev)
+        grad_v = omega[:, None] * grad_s2
+        grad_omega = sample_mean @ grad_mu + (sample_var + dev.square()) @ grad_s2
+        # x -> per-sample moments: dm/dx = 1/HW, dv/dx = 2 (x - m)/HW; as the per-(n, c) affine map
+        # (x - m) * (2 grad_v/HW) + grad_m/HW, by the inference kernel on the (1, N*C, HW) view
+        ones = torch.ones(n * c, dtype=x.dtype, device=x.device)
+        grad_x = F.batch_norm(
+            x.view(1, n * c, hw), sample_mean.reshape(-1), ones, ((2.0 / hw) * grad_v).reshape(-1), (grad_m / hw).reshape(-1), False, 0.0, 0.0
+        )
+        grad_x = grad_x.view(n, c, hw).addcmul_(grad_y.view(n, c, hw), scale.view(1, c, 1))  # the direct path g * scale
+        grad_weight = grad_scale * rstd if weight is not None and ctx.needs_input_grad[2] else None
         return grad_x.view(grad_y.shape), grad_omega, grad_weight, grad_shift if ctx.has_bias else None, None
 
 

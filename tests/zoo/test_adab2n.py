@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from zoo.adab2n import (
     AdaB2N,
@@ -215,6 +217,54 @@ def test_fused_normalization_equals_the_autograd_composition(affine: bool) -> No
     inputs = (x, omega, gamma, beta) if affine else (x, omega)
     fn = (lambda *a: _BalancedNorm.apply(*a, 1e-5)) if affine else (lambda a, b: _BalancedNorm.apply(a, b, None, None, 1e-5))
     torch.autograd.gradcheck(fn, inputs)
+
+
+def test_fused_normalization_in_float32_keeps_float64_accuracy_on_offset_inputs() -> None:
+    """Activations far from zero (mean 100, std 1): float32 output and gradients stay near the float64 values."""
+    g = torch.Generator().manual_seed(4)
+    x64 = torch.randn(8, 4, 6, 6, generator=g, dtype=D) + 100
+    omega64 = torch.rand(8, generator=g, dtype=D)
+    gamma64, beta64 = torch.rand(4, generator=g, dtype=D) + 0.5, torch.randn(4, generator=g, dtype=D)
+    grad_y = torch.randn(8, 4, 6, 6, generator=g, dtype=D)
+
+    def run(dtype: torch.dtype) -> list[torch.Tensor]:
+        x, omega, gamma = (t.to(dtype).requires_grad_(True) for t in (x64, omega64, gamma64))
+        y, mean, var = _BalancedNorm.apply(x, omega, gamma, beta64.to(dtype), 1e-5)
+        loss = (y * grad_y.to(dtype)).sum() + mean.square().sum() + var.sum()
+        return [y, *torch.autograd.grad(loss, (x, omega, gamma))]
+
+    for low, ref in zip(run(torch.float32), run(D)):
+        assert float((low.double() - ref).abs().max() / ref.abs().max()) < 2e-5
+
+
+class _FullSizeKernels(TorchDispatchMode):
+    """Names the kernels that read or write a tensor of at least ``full`` elements (views excluded)."""
+
+    def __init__(self, full: int) -> None:
+        super().__init__()
+        self.full, self.ops = full, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        if func._schema.is_mutable or all(r.alias_info is None for r in func._schema.returns):
+            tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
+            if any(t.numel() >= self.full for t in tensors):
+                self.ops.append(func.__name__)
+        return out
+
+
+def test_a_training_step_makes_few_passes_over_the_activation() -> None:
+    """The speed of ``benchmarks.adab2n`` (target <= 2x BatchNorm2d) rests on touching the (N, C, H, W)
+    tensors rarely and through vectorized kernels: 7 passes for forward + backward (BatchNorm2d: 2),
+    none of them a broadcasting ``addcmul`` (no vectorized CPU path; it once made up half the time)."""
+    layer = AdaB2N(3, num_tasks=3)
+    layer.cur_tasks.fill_(1)
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    grad_y = torch.randn_like(x)
+    layer.set_counts(torch.tensor([0, 1, 1, 0]))
+    with _FullSizeKernels(x.numel()) as kernels:
+        torch.autograd.grad(layer(x), (x, layer.task_weight), grad_y)
+    assert len(kernels.ops) <= 7 and "addcmul.default" not in kernels.ops, kernels.ops
 
 
 # ----------------------------------------------------------------------- guard rails

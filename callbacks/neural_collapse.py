@@ -6,19 +6,29 @@ torchmetrics :class:`~zoo.neural_collapse.NeuralCollapseMetrics` that this callb
 :mod:`zoo.neural_collapse`; this file only hooks a layer of any LightningModule, runs the train set
 through it every few epochs and logs ``nc/NC1``, ``nc/NC2_W``, ``nc/NC2_H``, ``nc/NC3``.
 
+The measurement leaves the training it watches untouched: it reads the train set in dataset order
+through its own loader (no shuffling, a private generator) and restores the torch, CUDA, NumPy and
+Python RNG states afterwards, so a seeded run is bit-identical with and without the monitor.
+
 >>> from zoo.callbacks import NeuralCollapseMonitor
 >>> monitor = NeuralCollapseMonitor(every_n_epochs=5)  # Trainer(callbacks=[monitor]).fit(model)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.core.hooks import DataHooks
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset, default_collate
 from typing_extensions import override
 
 from zoo.neural_collapse.geometry import GEOMETRIES, Geometry
@@ -42,18 +52,26 @@ class NeuralCollapseMonitor(Callback):
     """Log NC1, NC2_W, NC2_H and NC3 of the training set every ``every_n_epochs`` epochs.
 
     Drops into any LightningModule whose batches are ``(x, y, ...)`` and whose ``forward(x)``
-    returns logits. At the end of every ``every_n_epochs``-th training epoch it runs the model in
-    eval mode without gradients over the train dataloader (then restores train mode), records the
-    input of the feature layer, and logs ``{prefix}/NC1`` ... ``{prefix}/NC3`` (with
+    returns logits. At the end of every ``every_n_epochs``-th training epoch it runs the model once
+    in eval mode without gradients over the training samples (then restores train mode), records
+    the input of the feature layer, and logs ``{prefix}/NC1`` ... ``{prefix}/NC3`` (with
     ``sync_dist``; the statistics are summed over DDP processes before the metrics are computed).
+
+    What it measures: if the DataModule has a method ``eval_train_dataloader()`` (the train set
+    with evaluation transforms, i.e. without augmentation), that loader's dataset; otherwise the
+    train dataloader's dataset as it is (augmented if its transforms augment). Either way each
+    sample is read once, in dataset order (under DDP, rank ``r`` of ``R`` reads samples
+    ``r, r + R, ...``), with that loader's batch size, collate function and workers.
 
     Args:
         every_n_epochs: measure after epochs ``n, 2n, ...`` (1-based).
         layer: name (as in ``named_modules``) of the module whose *input* is the feature; default
             the first classifier layer.
         classifier: names of the ``nn.Linear`` layers whose weight product is ``W``, in forward
-            order (``W = W_M ... W_1``); an int ``n`` takes the last ``n`` ``nn.Linear`` modules in
-            registration order; default the last ``nn.Linear``.
+            order (``W = W_M ... W_1``), e.g. ``["head"]`` or ``["head.0", "head.1"]``; an int ``n``
+            takes the last ``n`` ``nn.Linear`` modules in registration order. Default (None): the
+            last registered ``nn.Linear``, a guess that setup states in a warning; name the layer
+            when the model registers another ``nn.Linear`` after its classifier.
         geometry, depth, weight_decay, feature_decay, center_means, rtol: as in
             :class:`NeuralCollapseMetrics`; ``depth`` defaults to the number of classifier layers.
         prefix: log key prefix.
@@ -126,6 +144,11 @@ class NeuralCollapseMonitor(Callback):
                     f"{len(linears)}; pass classifier=[names of the nn.Linear layers whose product is W] (forward order)"
                 )
             names = linears[-n:]
+            if self.classifier is None:
+                rank_zero_warn(
+                    f"NeuralCollapseMonitor: no classifier named: W is the last registered nn.Linear {names[0]!r} of {where}; "
+                    f"if that is not the classifier, pass classifier=[its name], e.g. classifier={names!r}"
+                )
         else:
             names = list(self.classifier)
             for name in names:
@@ -173,14 +196,9 @@ class NeuralCollapseMonitor(Callback):
         self.last_epoch = epoch
 
     def measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
-        """Run the model over the train dataloader and return the NC metrics (all processes must call it)."""
+        """Run the model once over the training samples and return the NC metrics (all processes must call it)."""
         if self._metric is None or self._feature_module is None:
             raise RuntimeError("NeuralCollapseMonitor.measure() called before setup()")
-        loader = trainer.train_dataloader
-        if loader is None:
-            raise RuntimeError("NeuralCollapseMonitor: the trainer has no train dataloader to measure on")
-        if isinstance(loader, (list, tuple, dict)):
-            raise RuntimeError("NeuralCollapseMonitor measures a single train dataloader; this run has several")
         metric = self._metric.to(pl_module.device)
         metric.reset()
         metric.set_classifier(_linear_product(self._classifier_layers))
@@ -193,26 +211,23 @@ class NeuralCollapseMonitor(Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            with torch.no_grad():
-                for i, batch in enumerate(loader):
+            with torch.no_grad(), _rng_untouched(pl_module.device):
+                pending: list[tuple[Tensor, Tensor]] = []
+                rows = 0
+                to_device = _batch_mover(trainer, pl_module)
+                for i, batch in enumerate(_measurement_batches(trainer)):
                     if self.max_batches is not None and i >= self.max_batches:
                         break
-                    batch = trainer.strategy.batch_to_device(batch, pl_module.device)
+                    batch = to_device(batch)
                     x, y = _split_batch(batch)
-                    captured.clear()
                     pl_module(x)
-                    if len(captured) != 1:
-                        raise RuntimeError(
-                            f"NeuralCollapseMonitor: the feature layer ran {len(captured)} times in one forward; "
-                            "name a layer that runs once per forward with layer=..."
-                        )
-                    features = captured[0]
-                    if features.ndim != 2:
-                        raise RuntimeError(
-                            f"NeuralCollapseMonitor: the feature layer's input has shape {tuple(features.shape)}; "
-                            "it must be (batch, features). Name another module with layer=..."
-                        )
-                    metric.update(features, y)
+                    features = _one_capture(captured)
+                    pending.append((features, y))
+                    rows += len(features)
+                    if rows >= _CHUNK_ROWS:  # one statistics update per chunk, not per batch
+                        _flush(metric, pending)
+                        rows = 0
+                _flush(metric, pending)
             values = metric.compute()
         finally:
             handle.remove()
@@ -247,6 +262,107 @@ class NeuralCollapseMonitor(Callback):
         if path is not None:
             fig.savefig(path)
         return fig
+
+
+_CHUNK_ROWS = 4096  # features gathered before one statistics update: fewer, larger d x d products
+
+
+def _one_capture(captured: list[Tensor]) -> Tensor:
+    """The one ``(batch, features)`` input the feature layer saw in this forward, or an error that names the fix."""
+    if len(captured) != 1:
+        raise RuntimeError(
+            f"NeuralCollapseMonitor: the feature layer ran {len(captured)} times in one forward; "
+            "name a layer that runs once per forward with layer=..."
+        )
+    features = captured.pop()
+    if features.ndim != 2:
+        raise RuntimeError(
+            f"NeuralCollapseMonitor: the feature layer's input has shape {tuple(features.shape)}; "
+            "it must be (batch, features). Name another module with layer=..."
+        )
+    return features
+
+
+def _flush(metric: NeuralCollapseMetrics, pending: list[tuple[Tensor, Tensor]]) -> None:
+    """Add the gathered batches to the metric in one update and empty the list."""
+    if pending:
+        metric.update(torch.cat([f for f, _ in pending]), torch.cat([y.reshape(-1) for _, y in pending]))
+        pending.clear()
+
+
+def _batch_mover(trainer: Trainer, pl_module: LightningModule) -> Callable[[Any], Any]:
+    """The Trainer's batch transfer (with the user's transfer hooks) if any are overridden, else a plain move."""
+    hooks = ("transfer_batch_to_device", "on_after_batch_transfer")
+    owners = [o for o in (pl_module, trainer.datamodule) if o is not None]
+    if any(getattr(type(o), h) is not getattr(DataHooks, h) for o in owners for h in hooks):
+        return lambda batch: trainer.strategy.batch_to_device(batch, pl_module.device)
+    return lambda batch: move_data_to_device(batch, pl_module.device)  # what the default hooks do, without their dispatch
+
+
+def _measurement_batches(trainer: Trainer) -> Iterable[Any]:
+    """The training samples, un-augmented where the DataModule can give them, read once in dataset order.
+
+    Source: ``trainer.datamodule.eval_train_dataloader()`` if the DataModule defines it, else the
+    train dataloader. A map-style dataset is re-read through a new loader with that loader's batch
+    size, collate function and workers, a sequential (under DDP: rank-strided) sampler and a private
+    generator, so no training RNG is drawn; a ``TensorDataset`` with the default collate is sliced
+    directly (the same batches). An iterable dataset is read through its own loader.
+    """
+    hook = getattr(trainer.datamodule, "eval_train_dataloader", None)
+    source = hook() if callable(hook) else trainer.train_dataloader
+    if source is None:
+        raise RuntimeError("NeuralCollapseMonitor: the trainer has no train dataloader to measure on")
+    if not isinstance(source, DataLoader):
+        raise RuntimeError(
+            "NeuralCollapseMonitor measures a single torch DataLoader of training samples; this run has "
+            f"a {type(source).__name__}. Give the DataModule an eval_train_dataloader() that returns one"
+        )
+    if isinstance(source.dataset, IterableDataset):
+        return _without_generator_draws(source)
+    world, rank = max(trainer.world_size, 1), trainer.global_rank
+    if source.batch_sampler is None:  # automatic batching off: each dataset item is a batch already
+        batch_size = None
+    else:  # a custom batch sampler may draw, repeat or drop samples: read each once, in its batch size
+        batch_size = source.batch_size or getattr(source.batch_sampler, "batch_size", None) or 256
+    if batch_size is not None and type(source.dataset) is TensorDataset and source.collate_fn is default_collate:
+        # what default_collate would stack, as views: no per-sample indexing
+        shard = [t[rank::world] for t in source.dataset.tensors]
+        return ([t[i : i + batch_size] for t in shard] for i in range(0, len(shard[0]), batch_size))
+    return DataLoader(
+        source.dataset,
+        batch_size=batch_size,
+        sampler=range(rank, len(source.dataset), world),  # type: ignore[arg-type]  # each sample once, no padding
+        collate_fn=source.collate_fn,
+        num_workers=source.num_workers,
+        pin_memory=source.pin_memory,
+        worker_init_fn=source.worker_init_fn,
+        multiprocessing_context=source.multiprocessing_context if source.num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def _without_generator_draws(loader: DataLoader) -> Iterator[Any]:
+    """Iterate ``loader`` and put its own generator (which shuffling and worker seeds draw from) back afterwards."""
+    generator = loader.generator
+    state = generator.get_state() if generator is not None else None
+    try:
+        yield from loader
+    finally:
+        if generator is not None and state is not None:
+            generator.set_state(state)
+
+
+@contextmanager
+def _rng_untouched(device: torch.device) -> Iterator[None]:
+    """Restore the torch (CPU and ``device``), NumPy and Python RNG states on exit: transforms may draw from them."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 def _split_batch(batch: Any) -> tuple[Any, Tensor]:

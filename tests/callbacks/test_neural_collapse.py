@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+import random
+import warnings
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from tests.conftest import CrashAt, ForeignClassifier, Job, SimulatedCrash, run_ddp
 from zoo.callbacks.neural_collapse import NeuralCollapseMonitor
@@ -211,6 +213,7 @@ def test_against_numpy_reference(geometry):
 
 def test_batched_accumulation_equals_one_shot():
     x, y = blobs([40, 25, 15, 10], dim=5, seed=1)
+    x = x.double()  # float64 features: batching changes nothing beyond float64 round-off
     W = torch.randn(4, 5)
     perm = torch.randperm(len(y))
     x, y = x[perm], y[perm]
@@ -229,6 +232,22 @@ def test_batched_accumulation_equals_one_shot():
     metric.reset()
     with pytest.raises(ValueError, match="no samples"):
         metric.compute()
+
+
+def test_float32_statistics_stay_accurate_on_collapsed_features():
+    """Features near collapse (spread 1e-3 around means of norm ~100): float32 in, NC1 as from float64."""
+    x, y = blobs([40, 25, 15, 10], dim=32, seed=4)
+    x64 = (100 * x[torch.tensor([0, 40, 65, 80])][y] + 1e-3 * torch.randn(len(y), 32)).double()
+    W = torch.randn(4, 32)
+    reference = neural_collapse(x64, y, W)
+    metric = NeuralCollapseMetrics(4, 32)
+    for xb, yb in zip(x64.float().split(16), y.split(16)):
+        metric.update(xb, yb)
+    metric.set_classifier(W)
+    got = metric.compute()
+    for key in reference:  # the float32 rounding of the inputs is the only difference left
+        assert float(got[key]) == pytest.approx(float(neural_collapse(x64.float().double(), y, W)[key]), rel=1e-5), key
+    assert float(got["NC1"]) == pytest.approx(float(reference["NC1"]), rel=1e-3)
 
 
 def test_metric_input_errors():
@@ -338,6 +357,86 @@ def test_named_layers_and_product_classifier():
     expected = neural_collapse(x, y, W.detach())
     for key, value in expected.items():
         assert monitor.history[-1][key] == pytest.approx(float(value), rel=1e-5, abs=1e-8), key
+
+
+# ------------------------------------------------------------------------------ leaves the run alone
+class Jittered(TensorDataset):
+    """Blobs with a random jitter per access from torch, numpy and Python RNGs: an augmenting dataset."""
+
+    def __getitem__(self, i):
+        x, y = super().__getitem__(i)
+        return x + 0.1 * torch.randn_like(x) + 0.01 * float(np.random.randn()) + 0.01 * random.random(), y
+
+
+def _shuffled(kind: str) -> DataLoader:
+    """A shuffled train loader that draws from its own generator or the global RNG, augments, or resamples."""
+    x, y = blobs([24, 24, 16])
+    if kind == "generator":
+        return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(3))
+    if kind == "class-balanced":  # draws with replacement from the global RNG, as imbalanced recipes do
+        return DataLoader(TensorDataset(x, y), batch_size=16, sampler=WeightedRandomSampler(1.0 / torch.bincount(y)[y], len(y)))
+    return DataLoader((Jittered if kind == "augmented" else TensorDataset)(x, y), batch_size=16, shuffle=True)
+
+
+@pytest.mark.parametrize("kind", ["generator", "global", "augmented", "class-balanced"])
+def test_a_seeded_run_is_bit_identical_with_and_without_the_monitor(kind):
+    def final_weights(monitor: bool) -> dict[str, torch.Tensor]:
+        seed_everything(0)
+        model = TinyMLP()
+        callbacks = [NeuralCollapseMonitor(every_n_epochs=1, classifier=["net.2"])] if monitor else []
+        Trainer(max_epochs=4, callbacks=callbacks, enable_checkpointing=False, **TRAINER_KWARGS).fit(model, _shuffled(kind))
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    without, with_monitor = final_weights(False), final_weights(True)
+    for key, value in without.items():
+        assert torch.equal(with_monitor[key], value), (key, float((with_monitor[key] - value).abs().max()))
+
+
+class CleanAndJittered(LightningDataModule):
+    """Trains on jittered blobs; ``eval_train_dataloader`` gives the same samples clean, in order."""
+
+    def __init__(self, hook: bool = True) -> None:
+        super().__init__()
+        self.x, self.y = blobs([24, 24, 16])
+        if hook:
+            self.eval_train_dataloader = lambda: DataLoader(TensorDataset(self.x, self.y), batch_size=64)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(Jittered(self.x, self.y), batch_size=16, shuffle=True)
+
+
+def test_measures_unaugmented_features_when_the_datamodule_gives_them():
+    seed_everything(0)
+    model, monitor = TinyMLP(), NeuralCollapseMonitor(every_n_epochs=2, classifier=["net.2"])
+    Trainer(max_epochs=2, callbacks=[monitor], enable_checkpointing=False, **TRAINER_KWARGS).fit(model, CleanAndJittered())
+    expected = expected_from_model(model, loader())  # the clean blobs through the final model
+    for key, value in expected.items():
+        assert monitor.history[-1][key] == pytest.approx(value, rel=1e-5, abs=1e-8), key
+
+
+def test_without_the_hook_it_measures_the_train_dataset_in_order():
+    """No ``eval_train_dataloader``: the train dataset itself, each sample once, unshuffled."""
+    seed_everything(0)
+    model, monitor = TinyMLP(), NeuralCollapseMonitor(every_n_epochs=2, classifier=["net.2"], max_batches=3)
+    trainer = Trainer(max_epochs=2, callbacks=[monitor], enable_checkpointing=False, **TRAINER_KWARGS)
+    trainer.fit(model, DataLoader(TensorDataset(*blobs([24, 24, 16])), batch_size=16, shuffle=True))
+    x, y = blobs([24, 24, 16])
+    with torch.no_grad():
+        feats = model.net[1](model.net[0](x[:48]))  # max_batches=3: the first 48 samples, in dataset order
+    expected = neural_collapse(feats, y[:48], model.net[2].weight)
+    for key, value in expected.items():
+        assert monitor.history[-1][key] == pytest.approx(float(value), rel=1e-5, abs=1e-8), key
+
+
+def test_the_default_classifier_is_a_stated_guess():
+    trainer = Trainer(max_epochs=1, callbacks=[NeuralCollapseMonitor()], enable_checkpointing=False, **TRAINER_KWARGS)
+    with pytest.warns(UserWarning, match=r"no classifier named: W is the last registered nn\.Linear 'net\.2'.*classifier=\['net\.2'\]"):
+        trainer.fit(TinyMLP(), loader())
+    trainer = Trainer(max_epochs=1, callbacks=[NeuralCollapseMonitor(classifier=["net.2"])], enable_checkpointing=False, **TRAINER_KWARGS)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(TinyMLP(), loader())
+    assert not [w for w in caught if "NeuralCollapseMonitor" in str(w.message)]
 
 
 def test_crash_and_resume_continues_the_history(tmp_path):

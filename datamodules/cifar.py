@@ -187,6 +187,7 @@ class CIFARDataModule(LightningDataModule):
         train_idx = pool[longtail_indices(labels[pool], self.imbalance_ratio, self.seed, num_classes=self.num_classes)]
         evaluate = self.transforms(train=False)
         self.train_set = _Transformed(train_base, train_idx, self.transforms(train=True))
+        self.eval_train_set = _Transformed(train_base, train_idx, evaluate)
         self.test_set = _Transformed(test_base, np.arange(len(test_base)), evaluate)
         self.val_set = self.test_set if val_idx is None else _Transformed(train_base, val_idx, evaluate)
 
@@ -203,6 +204,11 @@ class CIFARDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
+
+    def eval_train_dataloader(self) -> DataLoader:
+        """The train split with the evaluation transforms (no augmentation), in order: what
+        ``NeuralCollapseMonitor`` measures, so NC metrics describe the features, not the crops."""
+        return self._loader(self.eval_train_set, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)

@@ -211,3 +211,15 @@ def test_longtail_sizes_match_the_papers() -> None:
     assert sum(longtail_counts(500, 100, 100)) == 10847
     assert sum(longtail_counts(5000, 10, 10)) == 20431
     assert sum(longtail_counts(500, 100, 10)) == 19573
+
+
+def test_eval_train_dataloader_is_the_train_split_unaugmented_in_order(cifar_root: Path) -> None:
+    plain = CIFAR10LTDataModule(root=str(cifar_root), augment=False, imbalance_ratio=10, batch_size=7)
+    augmented = CIFAR10LTDataModule(root=str(cifar_root), augment=True, imbalance_ratio=10, batch_size=7)
+    plain.setup()
+    augmented.setup()
+    assert len(augmented.eval_train_set) == len(augmented.train_set)
+    x, y = torch.cat([b[0] for b in augmented.eval_train_dataloader()]), torch.cat([b[1] for b in augmented.eval_train_dataloader()])
+    want = [plain.train_set[i] for i in range(len(plain.train_set))]  # same split, no augmentation
+    assert torch.equal(x, torch.stack([w[0] for w in want]))
+    assert y.tolist() == [w[1] for w in want]

@@ -5,7 +5,10 @@ interval of the mean, and each condition's threshold a dashed line over the arm 
 (green where the condition held, red where it did not). For ``a.m > b.m + c`` the line sits at
 ``mean(b.m) + c`` over arm ``a``; a condition checked seed by seed draws one short line per seed.
 A side that is not one metric under ``+ - * /`` by the rest (``abs(a.m - b.m) <= c``, sums of
-several metrics) has no line; its verdict is still in the panel title.
+several metrics) has no line; its verdict is still in the panel title. The two paired modes draw
+per-seed lines like a seed-by-seed condition, and their panel title says what decided the verdict:
+``paired 95 % interval`` with the mean difference and its interval, or ``at least k of n seeds``
+with the count of seeds that satisfy the check.
 
 :func:`plot_data` returns exactly what :func:`plot_claim` draws, so tests compare it with the
 result's values. Matplotlib runs on the Agg backend (no display needed).
@@ -22,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.reproduce import ClaimResult, Condition, Interval, _evaluate, mean_interval
+from zoo.reproduce import ClaimResult, Condition, ConditionResult, Interval, _evaluate, mean_interval
 
 __all__ = ["ArmPoints", "Threshold", "Panel", "plot_data", "plot_claim", "draw_claim"]
 
@@ -60,7 +63,7 @@ class Panel:
     key: str
     arms: list[ArmPoints]
     thresholds: list[Threshold]
-    conditions: list[tuple[int, str, bool, bool]]  # (index from 1, check, each_seed, held)
+    conditions: list[tuple[int, str, bool, bool, str]]  # (index from 1, check, paired, held, mode in words with what decided it)
 
 
 # ---------------------------------------------------------------------------------- data
@@ -131,12 +134,12 @@ def _threshold(index: int, check: str, each_seed: bool, held: bool, values: dict
 
 def plot_data(result: ClaimResult) -> list[Panel]:
     """What :func:`plot_claim` draws: one panel per metric a condition reads, in the claim's metric order."""
-    read: dict[str, list[tuple[int, str, bool, bool]]] = {}
+    read: dict[str, list[tuple[int, str, bool, bool, str]]] = {}
     for i, c in enumerate(result.conditions, start=1):
-        for alias in sorted({alias for _arm, alias in Condition(c.check, each_seed=c.each_seed).references()}):
-            read.setdefault(alias, []).append((i, c.check, c.each_seed, c.held))
+        for alias in sorted({alias for _arm, alias in Condition(c.check).references()}):
+            read.setdefault(alias, []).append((i, c.check, c.mode != "mean", c.held, _mode_words(c)))
     order = [m for m in (result.metrics or {}) if m in read] + sorted(m for m in read if m not in (result.metrics or {}))
-    lines = [_threshold(i, c.check, c.each_seed, c.held, result.values) for i, c in enumerate(result.conditions, start=1)]
+    lines = [_threshold(i, c.check, c.mode != "mean", c.held, result.values) for i, c in enumerate(result.conditions, start=1)]
     panels = []
     for metric in order:
         arms = [
@@ -148,6 +151,13 @@ def plot_data(result: ClaimResult) -> list[Panel]:
         thresholds = [t for t in lines if t is not None and t.metric == metric and t.arm in drawn]
         panels.append(Panel(metric, (result.metrics or {}).get(metric, metric), arms, thresholds, read[metric]))
     return panels
+
+
+def _mode_words(c: ConditionResult) -> str:
+    """The mode for a panel title; the paired modes add what decided the verdict."""
+    if c.mode in ("interval", "min_seeds"):
+        return f"{c.mode_text()}: {c.measured()}"
+    return c.mode_text()
 
 
 # ------------------------------------------------------------------------------- drawing
@@ -189,9 +199,9 @@ def _draw_panel(ax: Any, panel: Panel) -> None:
     ax.set_xlim(-0.6, max(len(panel.arms), 1) - 0.4)
     ax.grid(axis="y", alpha=0.3)
     lines = [f"{panel.metric} ({panel.key})"]
-    for index, check, each_seed, held in panel.conditions:
+    for index, check, _paired, held, mode in panel.conditions:
         verdict = "held" if held else "DID NOT HOLD"
-        text = f"#{index} {verdict}: {check}" + (" (each seed)" if each_seed else " (means)")
+        text = f"#{index} {verdict}: {check} ({mode})"
         lines += textwrap.wrap(text, 52, subsequent_indent="    ")
     ax.set_title("\n".join(lines), fontsize=8, loc="left")
 
@@ -204,7 +214,7 @@ def draw_claim(result: ClaimResult) -> Any:
     panels = plot_data(result)
     ncols = max(1, min(3, len(panels)))
     nrows = max(1, math.ceil(len(panels) / ncols))
-    title_lines = max((1 + len(p.conditions) * 2 for p in panels), default=1)
+    title_lines = max((1 + sum(3 if ":" in mode else 2 for *_, mode in p.conditions) for p in panels), default=1)
     width = max(7.5, 5.4 * ncols)
     chars = int(width * 12)  # characters of 9 pt text per line
     verdict = "the claim held" if result.held else "the claim did NOT hold"

@@ -196,12 +196,14 @@ def render_claim(result: Any, console: Any) -> None:
     checks = Table(title="claim conditions")
     for column in ("condition", "measured", "margin", "verdict", "paper"):
         checks.add_column(column)
+    prefix = {"mean": "mean: ", "each_seed": "each seed: ", "interval": "paired 95 % interval: "}
     for c in result.conditions:
-        mode = "each seed: " if c.each_seed else "mean: "
+        mode = prefix.get(c.mode, f"at least {c.min_seeds} of {c.seeds_total} seeds: ")
         verdict = "[green]held[/]" if c.held else "[red]did not hold[/]"
-        measured = f"{fmt(c.lhs)} vs {fmt(c.rhs)}" + (" (worst seed)" if c.each_seed else "")
-        checks.add_row(mode + c.check, measured, f"{c.margin:+.4g}", verdict, c.paper)
+        checks.add_row(mode + c.check, c.measured(), f"{c.margin:+.4g}", verdict, c.paper)
     console.print(checks)
+    if any(c.mode == "interval" for c in result.conditions):
+        console.print("paired 95 % interval: mean of the per-seed differences (left - right) [Student-t 95 % interval]; margin: its near bound")
     overall = "[green]the claim held[/]" if result.held else "[red]the claim did not hold[/]"
     console.print(f"{overall}. Paper: {result.paper}")
 

@@ -16,7 +16,11 @@ A claim lives in ``cards/<entry>/claim.yaml``::
       - check: "anyloss.f1 > bce.f1 + 0.05"     # arm.alias are vectors over seeds,
         paper: "AnyLoss-F1 > BCE on F1"        # compared by their means ...
       - check: "anyloss.f1 >= bce.f1 - 0.1"
-        each_seed: true                        # ... or seed by seed (paired)
+        each_seed: true                        # ... or seed by seed (paired), every seed
+      - check: "anyloss.f1 > bce.f1"
+        interval: true                         # ... or the paired difference's 95 % interval
+      - check: "anyloss.f1 > bce.f1"
+        min_seeds: 4                           # ... or on at least 4 of the seeds
 
 Arm ``args`` may hold two placeholders, replaced run by run: ``{seed}`` (the run's seed) and
 ``{workdir}`` (the sweep's scratch folder, deleted at the end), so an earlier arm can write what a
@@ -27,6 +31,19 @@ A check is one comparison (``< <= > >=``) of two expressions built from ``arm.al
 numbers, ``+ - * /`` and ``mean min max median std abs`` (``std`` is the sample standard
 deviation, ddof 1). It is parsed with :mod:`ast` and evaluated by a whitelist, never by ``eval``.
 Every run is real training; nothing is stored.
+
+A condition has one of four modes. By default both sides are averaged over seeds and compared
+(``mean``). ``each_seed: true`` compares seed by seed and holds when every seed does; the margin is
+the worst seed's. ``interval: true`` takes the per-seed paired differences ``d_s = lhs_s - rhs_s``
+(the right side's constant included) and holds when the whole 95 % Student-t interval of their mean
+(ddof 1, ``n - 1`` degrees of freedom) clears 0 on the check's side: lower bound ``> 0`` for ``>``,
+``>= 0`` for ``>=``, upper bound ``< 0`` / ``<= 0`` for ``<`` / ``<=``; the margin is that near bound
+(signed so that ``> 0`` means it held). Use it when the effect must stand outside seed noise; it needs
+at least two seeds. ``min_seeds: k`` compares seed by seed and holds when at least ``k`` seeds do
+("X above Y on at least 7 of 10 seeds"); the margin is the ``k``-th best seed's. Both paired modes
+need a side that varies by seed (an ``arm.metric`` outside ``mean min max median std``); a claim
+that breaks this, or gives ``interval`` fewer than two seeds or ``min_seeds`` more than it has, is a
+ClaimError at load (and for ``--seeds N``).
 
 ``seed_offset=K`` (``zoo reproduce NAME --seed-offset K``) shifts every seed by ``K``, so anyone can
 check a claim on seeds its authors never tuned on. The result carries each metric's mean, sample
@@ -118,11 +135,30 @@ class Arm:
     args: tuple[str, ...] = ()
 
 
+_CONDITION_KEYS = {"check", "paper", "each_seed", "interval", "min_seeds"}
+
+
 @dataclass(frozen=True)
 class Condition:
     check: str
     paper: str = ""
     each_seed: bool = False
+    interval: bool = False  # the 95 % t-interval of the per-seed paired difference must clear the threshold
+    min_seeds: int | None = None  # holds when at least this many seeds satisfy the check (paired)
+
+    @property
+    def mode(self) -> str:
+        """``mean``, ``each_seed``, ``interval`` or ``min_seeds``: how the per-seed values are compared."""
+        if self.interval:
+            return "interval"
+        if self.min_seeds is not None:
+            return "min_seeds"
+        return "each_seed" if self.each_seed else "mean"
+
+    @property
+    def paired(self) -> bool:
+        """True when the check is evaluated seed by seed (every mode but ``mean``)."""
+        return self.mode != "mean"
 
     def parsed(self) -> tuple[ast.expr, str, ast.expr]:
         """(left, operator symbol, right) of the check; a bad check raises ClaimError."""
@@ -159,7 +195,9 @@ class Claim:
         """The claim on seeds ``0..n-1`` instead of its own."""
         if n < 1:
             raise ClaimError(f"--seeds must be at least 1, got {n}")
-        return Claim(**{**self.__dict__, "seeds": tuple(range(n))})
+        claim = Claim(**{**self.__dict__, "seeds": tuple(range(n))})
+        _check_modes(claim, f"--seeds {n}")
+        return claim
 
     def with_seed_offset(self, offset: int) -> Claim:
         """The claim on its seeds shifted by ``offset`` (``[0..N-1]`` -> ``[K..K+N-1]``): seeds nobody tuned on."""
@@ -195,10 +233,7 @@ def load_claim(entry: Entry | str) -> Claim:
         raise ClaimError(f"{path}: conditions must be a list of checks (strings, or mappings with a 'check')")
     seeds = tuple(range(raw["seeds"])) if isinstance(raw["seeds"], int) else tuple(int(s) for s in raw["seeds"])
     arms = {name: _arm(name, spec, entry.card_dir, path) for name, spec in dict(raw["arms"]).items()}
-    conditions = tuple(
-        Condition(check=c) if isinstance(c, str) else Condition(str(c["check"]), str(c.get("paper", "")), bool(c.get("each_seed", False)))
-        for c in raw["conditions"]
-    )
+    conditions = tuple(Condition(check=c) if isinstance(c, str) else _condition(c, path) for c in raw["conditions"])
     claim = Claim(
         entry=entry.name,
         claim=str(raw["claim"]),
@@ -219,7 +254,42 @@ def load_claim(entry: Entry | str) -> Claim:
         left, _, right = cond.parsed()
         for side in (left, right):  # the whitelist walked now on zeros, not after every arm has trained
             _evaluate(side, lambda arm, alias: np.zeros(len(seeds)))
+    _check_modes(claim, str(path))
     return claim
+
+
+def _condition(spec: dict[str, Any], path: Path) -> Condition:
+    """One condition mapping; an unknown key (a typo would silently make a mean check) is a ClaimError."""
+    unknown = set(spec) - _CONDITION_KEYS
+    if unknown:
+        raise ClaimError(f"{path}: condition {spec['check']!r} has unknown keys {sorted(unknown)}; a condition takes {sorted(_CONDITION_KEYS)}")
+    min_seeds = spec.get("min_seeds")
+    if min_seeds is not None and (isinstance(min_seeds, bool) or not isinstance(min_seeds, int) or min_seeds < 1):
+        raise ClaimError(f"{path}: condition {spec['check']!r}: min_seeds must be a positive integer, not {min_seeds!r}")
+    cond = Condition(str(spec["check"]), str(spec.get("paper", "")), bool(spec.get("each_seed", False)), bool(spec.get("interval", False)), min_seeds)
+    if sum((cond.each_seed, cond.interval, cond.min_seeds is not None)) > 1:
+        raise ClaimError(f"{path}: condition {cond.check!r} sets more than one of each_seed, interval, min_seeds; pick one mode")
+    return cond
+
+
+def _check_modes(claim: Claim, where: str) -> None:
+    """Paired modes need per-seed values; ``interval`` needs two seeds, ``min_seeds`` no more than the claim has."""
+    n = len(claim.seeds)
+    for cond in claim.conditions:
+        if not cond.paired:
+            continue
+        left, _, right = cond.parsed()
+        shapes = [np.shape(_evaluate(side, lambda arm, alias: np.zeros(n))) for side in (left, right)]
+        if n > 1 and all(shape != (n,) for shape in shapes):
+            raise ClaimError(
+                f"{where}: condition {cond.check!r} is {cond.mode} but neither side varies by seed; name an arm.metric outside mean/min/max/median/std"
+            )
+        if cond.interval and n < 2:
+            raise ClaimError(f"{where}: condition {cond.check!r} needs a paired 95 % interval, which needs at least 2 seeds (has {n}); use more seeds")
+        if cond.min_seeds is not None and cond.min_seeds > n:
+            raise ClaimError(
+                f"{where}: condition {cond.check!r} asks for min_seeds {cond.min_seeds} but the claim has {n} seeds; lower min_seeds or use more seeds"
+            )
 
 
 def _arm(name: str, spec: Any, card_dir: Path, path: Path) -> Arm:
@@ -267,17 +337,43 @@ class ConditionResult:
     each_seed: bool
     lhs: float
     rhs: float
-    margin: float  # > 0 by how much the condition held, < 0 by how much it failed (worst seed if each_seed)
+    margin: float  # > 0 by how much the condition held, < 0 by how much it failed (see ``mode``)
     held: bool
+    mode: str = "mean"  # mean | each_seed | interval | min_seeds
+    differences: list[float] | None = None  # paired modes: lhs - rhs per seed
+    difference: Interval | None = None  # interval: mean of the differences and its 95 % t-interval
+    seeds_held: int | None = None  # paired modes: how many seeds satisfy the check
+    seeds_total: int | None = None
+    min_seeds: int | None = None
+
+    def measured(self) -> str:
+        """What the verdict rests on, for tables and titles: ``+1.2 [+0.3, +2.1]``, ``8/10 seeds (needs 7)``, ``a vs b``."""
+        if self.mode == "interval" and self.difference is not None:
+            d = self.difference
+            return f"difference {d.mean:+.4g} [{d.lo:+.4g}, {d.hi:+.4g}]"
+        if self.mode == "min_seeds":
+            return f"{self.seeds_held}/{self.seeds_total} seeds (needs {self.min_seeds})"
+        return f"{fmt(self.lhs)} vs {fmt(self.rhs)}" + (" (worst seed)" if self.mode == "each_seed" else "")
+
+    def mode_text(self) -> str:
+        """The mode in words: ``means``, ``each seed``, ``paired 95 % interval``, ``at least k of n seeds``."""
+        return {
+            "mean": "means",
+            "each_seed": "each seed",
+            "interval": "paired 95 % interval",
+            "min_seeds": f"at least {self.min_seeds} of {self.seeds_total} seeds",
+        }[self.mode]
 
 
 def evaluate_condition(cond: Condition, values: dict[str, dict[str, list[float]]]) -> ConditionResult:
-    """Evaluate one condition on per-arm, per-metric vectors over seeds."""
+    """Evaluate one condition on per-arm, per-metric vectors over seeds, in the condition's mode."""
     left, symbol, right = cond.parsed()
 
     def lookup(arm: str, alias: str) -> np.ndarray:
         return np.asarray(values[arm][alias], dtype=float)
 
+    if cond.mode in ("interval", "min_seeds"):
+        return _evaluate_paired(cond, symbol, np.asarray(_evaluate(left, lookup), float), np.asarray(_evaluate(right, lookup), float))
     with np.errstate(invalid="ignore", divide="ignore"):
         lhs, rhs = np.asarray(_evaluate(left, lookup), float), np.asarray(_evaluate(right, lookup), float)
         if cond.each_seed:
@@ -295,7 +391,37 @@ def evaluate_condition(cond: Condition, values: dict[str, dict[str, list[float]]
         rhs=float(rhs[worst]),
         margin=float(margins[worst]) if np.isfinite(margins).all() else float("nan"),
         held=bool(np.isfinite(margins).all() and np.all(held_each)),
+        mode=cond.mode,
+        differences=[float(v) for v in lhs - rhs] if cond.each_seed else None,
+        seeds_held=int(np.sum(held_each & np.isfinite(margins))) if cond.each_seed else None,
+        seeds_total=int(lhs.size) if cond.each_seed else None,
     )
+
+
+def _evaluate_paired(cond: Condition, symbol: str, lhs: np.ndarray, rhs: np.ndarray) -> ConditionResult:
+    """``interval`` and ``min_seeds``: the per-seed differences ``lhs - rhs``, their t-interval or their count."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lhs, rhs = (np.atleast_1d(a).astype(float) for a in np.broadcast_arrays(lhs, rhs))
+        diffs = lhs - rhs
+        greater = symbol in (">", ">=")
+        margins = diffs if greater else -diffs  # > 0 where the seed satisfies the check (strictness aside)
+        held_each = np.isfinite(diffs) & np.vectorize(dict(_COMPARE.values())[symbol])(lhs, rhs)
+    finite = bool(np.isfinite(diffs).all())
+    common = dict(check=cond.check, paper=cond.paper, each_seed=cond.each_seed, mode=cond.mode, differences=[float(v) for v in diffs],
+                  seeds_held=int(held_each.sum()), seeds_total=int(diffs.size), min_seeds=cond.min_seeds)
+    if cond.interval:
+        if diffs.size < 2:
+            raise ClaimError(f"condition {cond.check!r} needs a paired 95 % interval, which needs at least 2 seeds (has {diffs.size})")
+        iv = mean_interval(diffs) if finite else Interval(float("nan"), float("nan"), float("nan"), float("nan"), int(diffs.size))
+        near = iv.lo if greater else -iv.hi  # the interval's bound nearest the threshold, signed so > 0 means it held
+        held = finite and (near > 0 if symbol in (">", "<") else near >= 0)
+        return ConditionResult(lhs=float(np.mean(lhs)), rhs=float(np.mean(rhs)), margin=float(near), held=bool(held), difference=iv, **common)
+    assert cond.min_seeds is not None
+    k = cond.min_seeds
+    order = np.argsort(-np.where(np.isfinite(margins), margins, -np.inf), kind="stable")
+    deciding = int(order[k - 1]) if k <= diffs.size else int(order[-1])  # the k-th best seed decides
+    margin = float(margins[deciding]) if k <= diffs.size and np.isfinite(margins[deciding]) else float("nan")
+    return ConditionResult(lhs=float(lhs[deciding]), rhs=float(rhs[deciding]), margin=margin, held=bool(held_each.sum() >= k), **common)
 
 
 # ----------------------------------------------------------------------------- statistics

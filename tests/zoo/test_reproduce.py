@@ -82,6 +82,145 @@ def test_sample_std_and_t_interval_against_hand_computed_values() -> None:
     assert str(mean_interval([float("nan")])) == "nan"
 
 
+# ------------------------------------------------------------------ paired interval, k of n
+def _pair(lhs: list[float], rhs: list[float]) -> dict[str, dict[str, list[float]]]:
+    return {"a": {"m": lhs}, "b": {"m": rhs}}
+
+
+def test_paired_interval_n3_uses_t_4303_and_reports_the_near_bound() -> None:
+    # differences [1, 2, 3]: mean 2, s 1, t_{0.975, 2} = 4.302653, half-width 4.302653 / sqrt(3) = 2.484138
+    values = _pair([2.0, 3.0, 4.0], [1.0, 1.0, 1.0])
+    r = evaluate_condition(Condition("a.m > b.m", interval=True), values)
+    assert r.mode == "interval" and r.differences == [1.0, 2.0, 3.0] and not r.held  # every seed is above, the interval is not
+    assert r.difference is not None and r.difference.mean == 2.0 and r.difference.n == 3
+    assert (r.difference.lo, r.difference.hi) == (pytest.approx(2 - 2.484138, abs=1e-6), pytest.approx(2 + 2.484138, abs=1e-6))
+    assert r.margin == pytest.approx(-0.484138, abs=1e-6)
+    assert evaluate_condition(Condition("a.m > b.m", each_seed=True), values).held  # the same data passes seed by seed
+    # the constant belongs to the right side: differences [1.5, 2.5, 3.5], lower bound 2.5 - 2.484138 = 0.015862
+    r = evaluate_condition(Condition("a.m >= b.m - 0.5", interval=True), values)
+    assert r.held and r.margin == pytest.approx(0.015862, abs=1e-6) and r.measured() == "difference +2.5 [+0.01586, +4.984]"
+    assert (r.lhs, r.rhs) == (pytest.approx(3.0), pytest.approx(0.5))  # means of each side
+
+
+def test_paired_interval_n5_less_than_uses_the_upper_bound() -> None:
+    # a - (b - 10) = [0, -1, -2, -3, -4]: mean -2, s sqrt(2.5), t_{0.975, 4} = 2.776445, half 2.776445 * sqrt(2.5) / sqrt(5) = 1.963243
+    values = _pair([0.0] * 5, [10.0, 11.0, 12.0, 13.0, 14.0])
+    r = evaluate_condition(Condition("a.m < b.m - 10", interval=True), values)
+    assert r.held and r.difference.hi == pytest.approx(-2 + 1.963243, abs=1e-6) and r.margin == pytest.approx(2 - 1.963243, abs=1e-6)
+    r = evaluate_condition(Condition("a.m <= b.m - 12", interval=True), values)  # differences [2, 1, 0, -1, -2]
+    assert not r.held and r.margin == pytest.approx(-1.963243, abs=1e-6)
+
+
+def test_paired_interval_n10_and_boundaries() -> None:
+    # differences 1..10: mean 5.5, s = sqrt(55 / 6) = 3.027650, t_{0.975, 9} = 2.262157, half 2.262157 * 3.027650 / sqrt(10) = 2.165851
+    values = _pair([float(i) for i in range(1, 11)], [0.0] * 10)
+    r = evaluate_condition(Condition("a.m > b.m + 3.3", interval=True), values)
+    assert r.difference.lo == pytest.approx(5.5 - 3.3 - 2.165851, abs=1e-6) and r.held
+    assert not evaluate_condition(Condition("a.m > b.m + 3.4", interval=True), values).held
+    zero = _pair([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])  # every difference 0: the interval is [0, 0]
+    assert evaluate_condition(Condition("a.m >= b.m", interval=True), zero).held
+    assert not evaluate_condition(Condition("a.m > b.m", interval=True), zero).held
+    assert evaluate_condition(Condition("a.m <= b.m", interval=True), zero).held
+    nan = _pair([2.0, float("nan"), 4.0], [0.0, 0.0, 0.0])
+    r = evaluate_condition(Condition("a.m > b.m", interval=True), nan)
+    assert not r.held and math.isnan(r.margin)
+    with pytest.raises(ClaimError, match="at least 2 seeds"):
+        evaluate_condition(Condition("a.m > b.m", interval=True), _pair([1.0], [0.0]))
+
+
+def test_min_seeds_counts_seeds_and_reports_the_deciding_seed() -> None:
+    lhs = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
+    rhs = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 9.5, 10.5]  # above on 8 of 10 seeds
+    values = _pair(lhs, rhs)
+    r = evaluate_condition(Condition("a.m > b.m", min_seeds=7), values)
+    assert r.held and r.mode == "min_seeds" and (r.seeds_held, r.seeds_total) == (8, 10)
+    assert r.measured() == "8/10 seeds (needs 7)" and r.mode_text() == "at least 7 of 10 seeds"
+    assert r.margin == pytest.approx(2.0) and (r.lhs, r.rhs) == (2.0, 0.0)  # margins 8, 7, ..., 1, -0.5, -0.5: the 7th best is seed 1's
+    r = evaluate_condition(Condition("a.m > b.m", min_seeds=9), values)
+    assert not r.held and r.seeds_held == 8 and r.margin == pytest.approx(-0.5)  # the 9th best seed is 0.5 below
+    assert evaluate_condition(Condition("a.m > b.m + 7.5", min_seeds=2), values).seeds_held == 1
+    less = evaluate_condition(Condition("a.m < b.m", min_seeds=2), values)
+    assert less.held and less.seeds_held == 2 and less.margin == pytest.approx(0.5)
+    nan = evaluate_condition(Condition("a.m > b.m", min_seeds=8), _pair([*lhs[:7], float("nan"), *lhs[8:]], rhs))
+    assert not nan.held and nan.seeds_held == 7  # NaN (not logged) never counts
+
+
+def test_existing_modes_report_as_before() -> None:
+    r = evaluate_condition(Condition("method.f1 >= base.f1 - 0.05", each_seed=True), VALUES)
+    assert r.mode == "each_seed" and r.seeds_held == 3 and r.differences == pytest.approx([0.25, 0.10, 0.0])
+    m = evaluate_condition(Condition("method.f1 > base.f1 + 0.1"), VALUES)
+    assert m.mode == "mean" and m.differences is None and m.measured() == "0.5 vs 0.5333"
+
+
+def test_paired_modes_are_validated_at_load(cards: Path) -> None:
+    write_card(cards, [{"check": "method.f1 > base.f1", "interval": True}, {"check": "method.f1 > base.f1", "min_seeds": 2}])
+    claim = load_claim("anyloss")
+    assert [c.mode for c in claim.conditions] == ["interval", "min_seeds"]
+    with pytest.raises(ClaimError, match="at least 2 seeds"):
+        claim.with_seeds(1)
+    write_card(cards, [{"check": "method.f1 > base.f1", "interval": True}], seeds=1)
+    with pytest.raises(ClaimError, match="at least 2 seeds"):
+        load_claim("anyloss")
+    write_card(cards, [{"check": "method.f1 > base.f1", "min_seeds": 3}])
+    with pytest.raises(ClaimError, match="min_seeds 3 but the claim has 2 seeds"):
+        load_claim("anyloss")
+    for bad in (0, True, 1.5):
+        write_card(cards, [{"check": "method.f1 > base.f1", "min_seeds": bad}])
+        with pytest.raises(ClaimError, match="positive integer"):
+            load_claim("anyloss")
+    write_card(cards, [{"check": "method.f1 > base.f1", "interval": True, "each_seed": True}])
+    with pytest.raises(ClaimError, match="pick one mode"):
+        load_claim("anyloss")
+    write_card(cards, [{"check": "method.f1 > base.f1", "intervals": True}])
+    with pytest.raises(ClaimError, match="unknown keys \\['intervals'\\]"):
+        load_claim("anyloss")
+    write_card(cards, [{"check": "mean(method.f1) > mean(base.f1)", "interval": True}])
+    with pytest.raises(ClaimError, match="neither side varies by seed"):
+        load_claim("anyloss")
+
+
+def test_paired_modes_in_table_json_and_picture() -> None:
+    from rich.console import Console
+
+    values = {"method": {"f1": [0.5, 0.6, 0.7], "acc": [0.9, 0.9, 0.9]}, "base": {"f1": [0.3, 0.4, 0.6], "acc": [0.8, 0.9, 1.0]}}
+    conds = [Condition("method.f1 > base.f1", interval=True), Condition("method.acc >= base.acc", min_seeds=2)]
+    result = ClaimResult("anyloss", "c", "p", [0, 1, 2], {"method": "M", "base": "B"}, values,
+                         [evaluate_condition(c, values) for c in conds], 1.0, metrics={"f1": "test/f1", "acc": "test/acc"})
+    # f1 differences [0.2, 0.2, 0.1]: mean 0.16667, s 0.057735, half 4.302653 * 0.057735 / sqrt(3) = 0.143422
+    iv = result.conditions[0].difference
+    assert iv.lo == pytest.approx(0.166667 - 0.143422, abs=1e-6) and result.conditions[0].held
+    console = Console(record=True, width=250)
+    cli.render_claim(result, console)
+    text = console.export_text()
+    assert "paired 95 % interval: method.f1 > base.f1" in text and "difference +0.1667 [+0.02324, +0.3101]" in text
+    assert "at least 2 of 3 seeds: method.acc >= base.acc" in text and "2/3 seeds (needs 2)" in text
+    data = json.loads(result.to_json())["conditions"]
+    assert data[0]["mode"] == "interval" and data[0]["differences"] == pytest.approx([0.2, 0.2, 0.1])
+    assert data[0]["difference"]["lo"] == pytest.approx(iv.lo) and data[0]["difference"]["n"] == 3
+    assert (data[1]["mode"], data[1]["seeds_held"], data[1]["seeds_total"], data[1]["min_seeds"]) == ("min_seeds", 2, 3, 2)
+    panels = {p.metric: p for p in plot_data(result)}
+    assert "paired 95 % interval: difference +0.1667" in panels["f1"].conditions[0][4]
+    assert panels["acc"].conditions[0][4] == "at least 2 of 3 seeds: 2/3 seeds (needs 2)"
+    (line,) = panels["f1"].thresholds  # per seed, as a seed-by-seed condition: base.f1 over method
+    assert line.arm == "method" and line.values == pytest.approx([0.3, 0.4, 0.6]) and line.each_seed
+    titles = [" ".join(ax.get_title(loc="left").split()) for ax in draw_claim(result).axes if ax.get_visible()]
+    assert any("paired 95 % interval" in t for t in titles) and any("at least 2 of 3 seeds" in t for t in titles)
+
+
+def test_bcd_arms_are_labelled_by_the_rule_they_run() -> None:
+    """With variable blocks GSL and GSD rank coordinates alike (grad_i^2 / L_i): that arm runs the GSD rule."""
+    claim = load_claim("bcd")
+    for arm in claim.arms.values():
+        init = yaml.safe_load(arm.config.read_text())["model"]["init_args"]
+        for arg in arm.args:
+            key, _, value = arg.removeprefix("--model.init_args.").partition("=")
+            init[key] = value
+        if init["blocks"] == "variable" and init["selection"] in ("GSL", "GSD"):
+            assert arm.label.startswith("GSD (variable blocks"), (arm.name, arm.label)
+        else:
+            assert arm.label.split()[0].lower() in (init["selection"].lower(), "gs-h", "lipschitz"), (arm.name, arm.label)
+
+
 def test_nan_never_holds() -> None:
     values = {"a": {"m": [float("nan")]}, "b": {"m": [0.0]}}
     assert not evaluate_condition(Condition("a.m > b.m - 10"), values).held
@@ -107,14 +246,14 @@ TINY_CONFIG = {
 }
 
 
-def write_card(root: Path, conditions: list, arms: dict | None = None, metrics: dict | None = None) -> None:
+def write_card(root: Path, conditions: list, arms: dict | None = None, metrics: dict | None = None, seeds: int = 2) -> None:
     card = root / "anyloss"
     card.mkdir(parents=True, exist_ok=True)
     (card / "config.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
     claim = {
         "claim": "test claim",
         "paper": "the paper",
-        "seeds": 2,
+        "seeds": seeds,
         "seed_keys": ["data.init_args.seed"],
         "metrics": metrics or {"f1": "test/f1", "acc": "test/acc"},
         "arms": arms or {"method": {"config": "config.yaml"}, "base": {"config": "config.yaml", "args": ["--model.init_args.loss=bce"]}},

@@ -285,3 +285,17 @@ def test_shared_init_and_probe_members_with_a_timm_backbone() -> None:
         assert torch.equal(p0, p1)
     with torch.no_grad():
         assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_train_temperature_makes_a_member_overconfident_by_training() -> None:
+    base, _, _ = _small_fit()
+    same, _, _ = _small_fit(train_temperature=[1.0, 1.0])  # T = 1: the old training exactly
+    for p0, p1 in zip(base.parameters(), same.parameters()):
+        assert torch.equal(p0, p1)
+    hot, _, _ = _small_fit(train_temperature=[1.0, 10.0])  # member 1's loss sees z / 10: its raw logits grow
+    assert torch.equal(hot.temperature[0], base.temperature[0])  # member 0 trains as before
+    assert hot.temperature[1] > 2 * base.temperature[1]
+    with pytest.raises(ValueError, match="train_temperature"):
+        BANGClassifier(train_temperature=[1.0])
+    with pytest.raises(ValueError, match="train_temperature"):
+        BANGClassifier(train_temperature=[1.0, 0.0])

@@ -58,6 +58,9 @@ class BANGClassifier(ClassifierModule):
         mixup_alpha: Mixup's Beta(alpha, alpha) in training (0 = off); every member but the
             probe members (BANG regularises the fine-tuned model only).
         label_smoothing: label-smoothing epsilon in training (0 = off); same members.
+        train_temperature: one training temperature per member (None = all 1): member ``k``'s loss
+            sees its logits divided by ``T_k``, so ``T_k > 1`` makes it over-confident by training
+            (its raw logits must grow to fit as well), not by a post-hoc logit scale.
         optimizer: ``adam`` or ``adamw``; lr, weight_decay; ``warmup_steps`` then cosine decay
             when ``cosine`` (the WiSE-FT recipe), else a constant rate.
 
@@ -89,6 +92,7 @@ class BANGClassifier(ClassifierModule):
         overconfidence: float = 5.0,
         mixup_alpha: float = 0.0,
         label_smoothing: float = 0.0,
+        train_temperature: list[float] | None = None,
         optimizer: str = "adam",
         lr: float = 0.05,
         weight_decay: float = 0.0,
@@ -114,6 +118,10 @@ class BANGClassifier(ClassifierModule):
             raise ValueError(
                 f"need overconfidence > 0, mixup_alpha >= 0 and label_smoothing in [0, 1); got {overconfidence}, {mixup_alpha}, {label_smoothing}"
             )
+        if train_temperature is not None and (
+            len(train_temperature) != num_members or not all(math.isfinite(t) and t > 0 for t in train_temperature)
+        ):
+            raise ValueError(f"train_temperature needs {num_members} positive numbers (one per member), got {train_temperature}")
         if optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}")
         self.save_hyperparameters()
@@ -251,12 +259,13 @@ class BANGClassifier(ClassifierModule):
             lam = float(torch.distributions.Beta(hp["mixup_alpha"], hp["mixup_alpha"]).sample())
             perm = torch.randperm(x.shape[0], device=x.device)
             mixed = lam * x + (1.0 - lam) * x[perm]
+        temps = hp.get("train_temperature") or [1.0] * self.num_members
         losses = []
         for k in range(self.num_members):
             if k in probes:  # the zero-shot / probe endpoint is not BANG-regularised: plain cross-entropy
-                losses.append(F.cross_entropy(self.member_logits(x, k), y))
+                losses.append(F.cross_entropy(self.member_logits(x, k) / temps[k], y))
             else:  # BANG's fine-tuning (Sec. 5): Mixup + label smoothing, soft-target cross-entropy
-                logits = self.member_logits(mixed, k)
+                logits = self.member_logits(mixed, k) / temps[k]
                 losses.append(mixup_label_smoothing_loss(logits, y, self.num_classes, lam, perm, hp["label_smoothing"]))
         loss = torch.stack(losses).sum()
         self.log("train/loss", loss, prog_bar=True)

@@ -18,7 +18,7 @@ from zoo.datamodules.longtail import longtail_counts, longtail_indices
 from zoo.datamodules.moons import MoonsDataModule
 from zoo.datamodules.multicolor import MultiColorDigitsDataModule
 from zoo.datamodules.tabular import SyntheticBinaryDataModule
-from zoo.datamodules.tokens import ZipfTokenDataModule
+from zoo.datamodules.tokens import SyntheticRouterScores, ZipfTokenDataModule
 from zoo.datamodules.ufm import UFMDataModule
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "CIFARDataModule",
     "DigitsDataModule",
     "SyntheticBinaryDataModule",
+    "SyntheticRouterScores",
     "ZipfTokenDataModule",
     "longtail_counts",
     "longtail_indices",

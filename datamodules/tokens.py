@@ -1,4 +1,5 @@
-"""A Zipf-distributed stream of token pairs, generated in code from a seed (the ALF-LB entry's data).
+"""A Zipf-distributed stream of token pairs, generated in code from a seed (the ALF-LB entry's data),
+and the synthetic router's affinity batches (:class:`SyntheticRouterScores`).
 
 The skew of the token frequencies is what unbalances a mixture-of-experts router, so ``zipf`` is the
 knob that sets how much an entry like :class:`zoo.alf_lb.TinyMoE` has to balance.
@@ -12,15 +13,17 @@ knob that sets how much an entry like :class:`zoo.alf_lb.TinyMoE` has to balance
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-__all__ = ["ZipfTokenDataModule", "zipf_probs"]
+__all__ = ["SyntheticRouterScores", "ZipfTokenDataModule", "zipf_probs"]
 
 
 def zipf_probs(vocab_size: int, exponent: float) -> np.ndarray:
@@ -91,3 +94,39 @@ class ZipfTokenDataModule(LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+
+class _ScoreStream(IterableDataset):
+    """Batches ``skip .. skip + count - 1`` of :func:`zoo.alf_lb.synthetic_scores` (drawn afresh on every pass)."""
+
+    def __init__(self, seed: int, num_experts: int, tokens: int, skip: int, count: int) -> None:
+        self.seed, self.num_experts, self.tokens, self.skip, self.count = seed, num_experts, tokens, skip, count
+
+    def __iter__(self) -> Iterator[Tensor]:
+        from zoo.alf_lb import synthetic_scores
+
+        stream = synthetic_scores(self.seed, self.num_experts, self.tokens, self.skip + self.count)
+        return itertools.islice(stream, self.skip, None)
+
+
+class SyntheticRouterScores(LightningDataModule):
+    """A fixed synthetic router's affinities ``sigmoid(N(0,1) + mu_i)`` (:func:`zoo.alf_lb.synthetic_scores`).
+
+    Data for :class:`zoo.alf_lb.SyntheticRouter`: a training epoch is the ``batches`` batches that
+    :func:`zoo.alf_lb.synthetic_router_run` routes with the same ``seed``; the test split is the next
+    ``eval_batches`` batches of the same stream (same ``mu``).
+    """
+
+    def __init__(self, num_experts: int = 16, tokens_per_batch: int = 4096, batches: int = 300, eval_batches: int = 10, seed: int = 0) -> None:
+        super().__init__()
+        if min(num_experts, tokens_per_batch, batches, eval_batches) < 1:
+            raise ValueError("num_experts, tokens_per_batch, batches and eval_batches must all be >= 1")
+        self.save_hyperparameters()
+        self.num_experts, self.tokens_per_batch, self.batches, self.eval_batches, self.seed = num_experts, tokens_per_batch, batches, eval_batches, seed
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_ScoreStream(self.seed, self.num_experts, self.tokens_per_batch, 0, self.batches), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        stream = _ScoreStream(self.seed, self.num_experts, self.tokens_per_batch, self.batches, self.eval_batches)
+        return DataLoader(stream, batch_size=None)

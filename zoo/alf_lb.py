@@ -42,8 +42,9 @@ Parts:
   tokens. ``balance`` is ``"bias"`` (ALF-LB: the card's config attaches the callback), ``"aux_loss"``
   (Switch-style ``alpha * E * sum f_i P_i``) or ``"none"``. Logs ``train/maxvio`` (per epoch: the mean
   over its batches of the batch MaxVio), ``train/loss``, ``val/ce``, ``test/ce`` and ``test/maxvio``.
-- :func:`synthetic_router_run`: a fixed synthetic router (no training) for the order-of-magnitude
-  claim checked in ``tests/callbacks/test_alf_lb.py``.
+- :func:`synthetic_router_run`: a fixed synthetic router (no training), :func:`synthetic_scores` its
+  affinities; :class:`SyntheticRouter` (ZooModule) runs the same router through Lightning and the
+  callback, so ``zoo reproduce alf-lb`` checks the order-of-magnitude claim (``cards/alf-lb/synthetic.yaml``).
 
 Guesses and deviations (the paper's full text was not read; see ``cards/alf-lb``): the proportional
 rule is normalised by the mean load (so ``u`` is unitless); the ``"1/n"`` offset ``n0`` is a guess;
@@ -57,6 +58,7 @@ only by the callback.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -80,7 +82,9 @@ __all__ = [
     "is_biased_router",
     "max_violation",
     "step_size",
+    "SyntheticRouter",
     "synthetic_router_run",
+    "synthetic_scores",
 ]
 
 BALANCES: tuple[str, ...] = ("bias", "aux_loss", "none")
@@ -296,6 +300,18 @@ class TinyMoE(ZooModule):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
 
+def synthetic_scores(seed: int = 0, num_experts: int = 16, tokens: int = 4096, batches: int = 300) -> Iterator[Tensor]:
+    """The synthetic router's affinity batches: ``sigmoid(N(0,1) + mu_i)``, ``mu_i ~ N(0,1)`` fixed per expert.
+
+    One generator seeded with ``seed`` draws ``mu`` first, then each batch ``(tokens, num_experts)``, so
+    :func:`synthetic_router_run` and :class:`zoo.datamodules.tokens.SyntheticRouterScores` see the same numbers.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    mu = torch.randn(num_experts, generator=gen)
+    for _ in range(batches):
+        yield torch.sigmoid(torch.randn(tokens, num_experts, generator=gen) + mu)
+
+
 def synthetic_router_run(
     rule: str | None = "sign",
     update_rate: float = 1e-3,
@@ -308,18 +324,16 @@ def synthetic_router_run(
     schedule: str = "constant",
     seed: int = 0,
 ) -> float:
-    """A fixed synthetic router: scores ``sigmoid(N(0,1) + mu_i)``, ``mu_i ~ N(0,1)`` fixed per expert.
+    """A fixed synthetic router (:func:`synthetic_scores`), no training in the loop.
 
     Routes ``batches`` batches with ``TopK(s + b)``, updating ``b`` after each with
     :func:`bias_update` (``rule=None``: no balancing). Returns the mean MaxVio of the last ``last``
     batches; with no training in the loop it isolates the update rule's effect on balance.
+    The claim check runs the same thing through Lightning: :class:`SyntheticRouter`.
     """
-    gen = torch.Generator().manual_seed(seed)
-    mu = torch.randn(num_experts, generator=gen)
     bias = torch.zeros(num_experts)
     vio = []
-    for n in range(batches):
-        s = torch.sigmoid(torch.randn(tokens, num_experts, generator=gen) + mu)
+    for n, s in enumerate(synthetic_scores(seed, num_experts, tokens, batches)):
         idx = torch.topk(s + bias, top_k, dim=-1).indices
         loads = torch.bincount(idx.flatten(), minlength=num_experts).float()
         vio.append(float(max_violation(loads)))
@@ -327,3 +341,59 @@ def synthetic_router_run(
             bias += bias_update(loads, step_size(update_rate, schedule, n), rule)
     return float(np.mean(vio[-last:]))
 
+
+class SyntheticRouter(ZooModule):
+    """The synthetic router as a model: top-k of ``scores + expert_bias``, nothing learned.
+
+    It implements the router protocol, so :class:`zoo.callbacks.AuxFreeLoadBalancing` balances it in an
+    ordinary ``fit``; with :class:`zoo.datamodules.tokens.SyntheticRouterScores` as data it logs the same
+    number as :func:`synthetic_router_run`: ``synthetic/maxvio``, the mean MaxVio of the last ``last``
+    training batches of the epoch (``test/maxvio`` at test time). ``forward(scores)`` returns the chosen experts.
+    """
+
+    def __init__(self, num_experts: int = 16, top_k: int = 2, last: int = 50) -> None:
+        super().__init__()
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k must lie in [1, num_experts={num_experts}], got {top_k}")
+        if last < 1:
+            raise ValueError(f"last must be >= 1, got {last}")
+        self.save_hyperparameters()
+        self.automatic_optimization = False  # nothing to learn: only the callback moves the bias
+        self.register_buffer("expert_bias", torch.zeros(num_experts))
+        self.register_buffer("_load", torch.zeros(num_experts), persistent=False)
+        self._violations: list[float] = []
+
+    def forward(self, scores: Tensor) -> Tensor:
+        """``scores (N, E)`` -> chosen experts ``(N, k)``."""
+        if scores.ndim != 2 or scores.shape[1] != self.hparams.num_experts:
+            raise ValueError(
+                f"SyntheticRouter(num_experts={self.hparams.num_experts}) got scores of shape {tuple(scores.shape)}; give the DataModule the same num_experts"
+            )
+        return torch.topk(scores + self.expert_bias, self.hparams.top_k, dim=-1).indices
+
+    def _route(self, scores: Tensor) -> Tensor:
+        loads = torch.bincount(self(scores).flatten(), minlength=self.hparams.num_experts).float()
+        if self.training:
+            self._load += loads.to(self._load)
+        return max_violation(loads)
+
+    def pop_expert_load(self) -> Tensor:
+        load = self._load.clone()
+        self._load.zero_()
+        return load
+
+    def on_train_epoch_start(self) -> None:
+        self._violations = []
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> None:
+        self._violations.append(float(self._route(batch)))
+
+    def on_train_epoch_end(self) -> None:
+        if self._violations:
+            self.log("synthetic/maxvio", float(np.mean(self._violations[-self.hparams.last :])), batch_size=1)
+
+    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+        self.log("test/maxvio", self._route(batch), batch_size=1)
+
+    def configure_optimizers(self) -> None:
+        return None

@@ -222,6 +222,7 @@ _ENTRIES: tuple[Entry, ...] = (
         kind="callback",
         target="zoo.callbacks.alf_lb.AuxFreeLoadBalancing",
         module="zoo.alf_lb.TinyMoE",
+        extra_modules=("zoo.alf_lb.SyntheticRouter",),
         card="alf-lb",
         summary="MoE router biases updated from observed loads after each step, no auxiliary loss.",
     ),

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from zoo.reproduce import ClaimResult, Condition, ConditionResult, Interval, _evaluate, mean_interval
+from zoo.claim_stats import Interval, mean_interval
+from zoo.reproduce import ClaimResult, Condition, ConditionResult, _evaluate
 
 __all__ = ["ArmPoints", "Threshold", "Panel", "plot_data", "plot_claim", "draw_claim"]
 

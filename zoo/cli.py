@@ -179,7 +179,7 @@ def render_claim(result: Any, console: Any) -> None:
     """The per-seed values with means, then each condition with its measured margin and verdict."""
     from rich.table import Table
 
-    from zoo.reproduce import fmt, summary
+    from zoo.claim_stats import fmt, summary
 
     offset = f", offset {result.seed_offset}" if result.seed_offset else ""
     values = Table(title=f"{result.entry}: measured (seeds {result.seeds}{offset})")

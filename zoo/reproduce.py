@@ -55,19 +55,13 @@ from __future__ import annotations
 import ast
 import json
 import logging
-import math
 import operator
-import os
-import platform
-import subprocess
-import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +69,7 @@ import numpy as np
 import torch
 import yaml
 
+from zoo.claim_stats import CONFIDENCE, Interval, environment, fmt, mean_interval, sample_std
 from zoo.errors import ZooError
 from zoo.registry import Entry, get_entry
 
@@ -84,15 +79,10 @@ __all__ = [
     "Condition",
     "ConditionResult",
     "ClaimResult",
-    "Interval",
     "load_claim",
     "reproduce",
     "evaluate_condition",
     "arm_args",
-    "sample_std",
-    "mean_interval",
-    "environment",
-    "summary",
 ]
 
 CLAIM_FILE = "claim.yaml"
@@ -103,15 +93,6 @@ _COMPARE: dict[type, tuple[str, Callable[[float, float], bool]]] = {
     ast.GtE: (">=", operator.ge),
 }
 _ARITH: dict[type, Callable[[Any, Any], Any]] = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.divide}
-CONFIDENCE = 0.95
-
-
-def sample_std(values: Any) -> float:
-    """Sample standard deviation (ddof 1) over seeds; NaN for fewer than two values (no spread to estimate)."""
-    arr = np.asarray(values, dtype=float).ravel()
-    return float(np.std(arr, ddof=1)) if arr.size > 1 else float("nan")
-
-
 _FUNCS: dict[str, Callable[[Any], Any]] = {
     "mean": np.mean,
     "min": np.min,
@@ -422,98 +403,6 @@ def _evaluate_paired(cond: Condition, symbol: str, lhs: np.ndarray, rhs: np.ndar
     deciding = int(order[k - 1]) if k <= diffs.size else int(order[-1])  # the k-th best seed decides
     margin = float(margins[deciding]) if k <= diffs.size and np.isfinite(margins[deciding]) else float("nan")
     return ConditionResult(lhs=float(lhs[deciding]), rhs=float(rhs[deciding]), margin=margin, held=bool(held_each.sum() >= k), **common)
-
-
-# ----------------------------------------------------------------------------- statistics
-@dataclass(frozen=True)
-class Interval:
-    """Mean, sample std (ddof 1) and the Student-t confidence interval of the mean over ``n`` seeds."""
-
-    mean: float
-    std: float
-    lo: float
-    hi: float
-    n: int
-
-    def __str__(self) -> str:
-        if self.n == 0:
-            return "nan"
-        if self.n == 1:
-            return f"{self.mean:.4g}"
-        return f"{self.mean:.4g} ± {self.std:.2g} [{self.lo:.4g}, {self.hi:.4g}]"
-
-
-def mean_interval(values: Any, confidence: float = CONFIDENCE) -> Interval:
-    """``mean ± t_{(1+c)/2, n-1} * s / sqrt(n)`` over the finite values (NaN = not logged); no interval below n = 2."""
-    from scipy import stats
-
-    arr = np.asarray(values, dtype=float).ravel()
-    arr = arr[np.isfinite(arr)]
-    n = int(arr.size)
-    if n == 0:
-        return Interval(float("nan"), float("nan"), float("nan"), float("nan"), 0)
-    mean, std = float(arr.mean()), sample_std(arr)
-    if n == 1:
-        return Interval(mean, std, float("nan"), float("nan"), 1)
-    half = float(stats.t.ppf((1 + confidence) / 2, df=n - 1)) * std / math.sqrt(n)
-    return Interval(mean, std, mean - half, mean + half, n)
-
-
-def summary(values: list[float]) -> str:
-    """``mean ± std [lo, hi]`` of a metric over seeds (sample std, 95 % t-interval of the mean)."""
-    return str(mean_interval(values))
-
-
-def fmt(x: float) -> str:
-    return "nan" if math.isnan(x) else f"{x:.4g}"
-
-
-# ---------------------------------------------------------------------------- environment
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git(*args: str) -> str | None:
-    """``git args`` in the zoo's source folder (None outside a checkout, e.g. a wheel install)."""
-    try:
-        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip()
-
-
-def environment() -> dict[str, Any]:
-    """What a rerun needs to compare against: package versions, CPU, torch threads, platform, date (UTC)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    import lightning
-
-    try:
-        zoo_version = version("balance-zoo")
-    except PackageNotFoundError:
-        zoo_version = None
-    return {
-        "zoo": zoo_version,
-        "git_commit": _git("rev-parse", "HEAD") or None,
-        "git_dirty": None if (status := _git("status", "--porcelain", "--untracked-files=no")) is None else bool(status),
-        "torch": torch.__version__,
-        "lightning": lightning.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "platform": platform.platform(),
-        "executable": sys.executable,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 # ------------------------------------------------------------------------------- training

@@ -14,6 +14,7 @@ import yaml
 import zoo.registry
 from zoo import cli
 from zoo.claim_plot import draw_claim, plot_data
+from zoo.claim_stats import mean_interval, sample_std, summary
 from zoo.reproduce import (
     Arm,
     Claim,
@@ -23,9 +24,6 @@ from zoo.reproduce import (
     arm_args,
     evaluate_condition,
     load_claim,
-    mean_interval,
-    sample_std,
-    summary,
 )
 
 VALUES = {

@@ -17,9 +17,7 @@ import torch
 import yaml
 from lightning.pytorch import LightningModule, Trainer
 
-# Submodules, not the packages: when pytest puts tests/ on sys.path (bin/pytest, not python -m
-# pytest), tests/zoo and tests/datamodules shadow the packages' __init__ as namespace packages,
-# so `import datamodules` would not define SyntheticBinaryDataModule for --data by short name.
+# LightningCLI resolves --data by short name among the DataModule classes already imported.
 import zoo.datamodules.tabular  # noqa: F401
 from zoo import cli
 from zoo.hub import load

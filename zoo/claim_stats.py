@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -15,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from zoo.version_info import git, git_commit, zoo_version
 
 __all__ = ["CONFIDENCE", "Interval", "environment", "fmt", "mean_interval", "sample_std", "summary"]
 
@@ -83,29 +84,14 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _git(*args: str) -> str | None:
-    """``git args`` in the zoo's source folder (None outside a checkout, e.g. a wheel install)."""
-    try:
-        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip()
-
-
 def environment() -> dict[str, Any]:
     """What a rerun needs to compare against: package versions, CPU, torch threads, platform, date (UTC)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     import lightning
 
-    try:
-        zoo_version = version("balance-zoo")
-    except PackageNotFoundError:
-        zoo_version = None
     return {
-        "zoo": zoo_version,
-        "git_commit": _git("rev-parse", "HEAD") or None,
-        "git_dirty": None if (status := _git("status", "--porcelain", "--untracked-files=no")) is None else bool(status),
+        "zoo": zoo_version(),
+        "git_commit": git_commit(),
+        "git_dirty": None if (status := git("status", "--porcelain", "--untracked-files=no")) is None else bool(status),
         "torch": torch.__version__,
         "lightning": lightning.__version__,
         "numpy": np.__version__,

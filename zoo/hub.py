@@ -21,8 +21,6 @@ unless the caller opts in, and then only with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import atexit
-import functools
-import importlib.metadata
 import inspect
 import json
 import logging
@@ -31,7 +29,6 @@ import pickle
 import platform
 import re
 import shutil
-import subprocess
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -48,6 +45,7 @@ from safetensors.torch import load_file, save_file
 
 from zoo.errors import UnknownEntryError, UnsafeCheckpointError, WrongClassError, ZooLoadError
 from zoo.registry import SHARED_MODULES, Entry, SharedModule, get_entry, module_identity, resolve_module_class
+from zoo.version_info import git_commit, zoo_version
 
 __all__ = [
     "ZooModule",
@@ -75,27 +73,6 @@ PICKLE_NAMES = ("pytorch_model.bin", "model.ckpt", "last.ckpt")
 MAX_CONFIG_BYTES = 1_000_000  # a config.json holds init arguments: kilobytes; a bigger one is refused unparsed
 RESERVED_KEYS = ("architecture", "zoo_class", "zoo_format_version", "zoo_provenance")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_ROOT = Path(__file__).resolve().parent.parent
-
-
-@functools.lru_cache(maxsize=1)
-def _git_commit() -> str | None:
-    """The commit of the checkout this zoo runs from; None when not a git checkout or no git."""
-    if not (_ROOT / ".git").exists():
-        return None
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_ROOT, capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = done.stdout.strip()
-    return commit if done.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", commit) else None
-
-
-def _zoo_version() -> str | None:
-    try:
-        return importlib.metadata.version("balance-zoo")
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def provenance(seed: int | None = None) -> dict[str, Any]:
@@ -107,8 +84,8 @@ def provenance(seed: int | None = None) -> dict[str, Any]:
     if seed is None and os.environ.get("PL_GLOBAL_SEED", "").lstrip("-").isdigit():
         seed = int(os.environ["PL_GLOBAL_SEED"])
     return {
-        "zoo_version": _zoo_version(),
-        "git_commit": _git_commit(),
+        "zoo_version": zoo_version(),
+        "git_commit": git_commit(),
         "torch": str(torch.__version__),  # a TorchVersion, which weights_only=True would refuse
         "lightning": str(lightning.__version__),
         "python": platform.python_version(),

@@ -110,7 +110,7 @@ def verify(
     absent). Bad input (no recipe, no measured metrics, unreadable files) raises a ZooError.
     """
     from zoo.cards import card_metrics
-    from zoo.hub import WEIGHTS_NAME, _Source
+    from zoo.hub import _Source
 
     source = _Source(path_or_repo_id, revision, None, None, False, False)
     config = source.read_config()
@@ -143,8 +143,7 @@ def verify(
         MetricCheck(name, value, measured.get(name), name in measured and metric_matches(value, measured[name], tolerance))
         for name, value in sorted(claimed.items())
     )
-    weights = source.file(WEIGHTS_NAME)
-    return Verification(str(source), checks, _same_weights(model, weights), n_threads, time.perf_counter() - start)
+    return Verification(str(source), checks, _same_weights(model, source), n_threads, time.perf_counter() - start)
 
 
 def _retrain_and_test(
@@ -175,16 +174,15 @@ def _floats(results: list[dict[str, Any]]) -> dict[str, float]:
     return {k: float(v) for result in results for k, v in result.items()}
 
 
-def _same_weights(model: Any, weights: Path | None) -> bool | None:
+def _same_weights(model: Any, source: Any) -> bool | None:
     """Whether the retrained weights equal the published ones, bit for bit (None: not comparable)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from zoo.hub import WEIGHTS_NAME
 
-    if weights is None:
+    if source.file(WEIGHTS_NAME) is None:
         return None
     try:
-        published = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError):
+        published = source.read_weights(allow_pickle=False, map_location="cpu")
+    except ZooLoadError:  # corrupted or truncated: nothing to compare with
         return None
     mine = model.hub_state_dict()
     return mine.keys() == published.keys() and all(torch.equal(mine[k].cpu(), published[k]) for k in mine)

@@ -155,10 +155,9 @@ def plot_data(result: ClaimResult) -> list[Panel]:
 
 
 def _mode_words(c: ConditionResult) -> str:
-    """The mode for a panel title; the paired modes add what decided the verdict."""
-    if c.mode in ("interval", "min_seeds"):
-        return f"{c.mode_text()}: {c.measured()}"
-    return c.mode_text()
+    """The mode for a panel title; the paired modes add what decided the verdict, ungated ones say so."""
+    words = f"{c.mode_text()}: {c.measured()}" if c.mode in ("interval", "min_seeds") else c.mode_text()
+    return words if c.gate else f"{words}; reported, not gated"
 
 
 # ------------------------------------------------------------------------------- drawing

@@ -200,6 +200,8 @@ def render_claim(result: Any, console: Any) -> None:
     for c in result.conditions:
         mode = prefix.get(c.mode, f"at least {c.min_seeds} of {c.seeds_total} seeds: ")
         verdict = "[green]held[/]" if c.held else "[red]did not hold[/]"
+        if not c.gate:
+            verdict += " (reported, not gated)"
         checks.add_row(mode + c.check, c.measured(), f"{c.margin:+.4g}", verdict, c.paper)
     console.print(checks)
     if any(c.mode == "interval" for c in result.conditions):

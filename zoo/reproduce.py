@@ -21,6 +21,8 @@ A claim lives in ``cards/<entry>/claim.yaml``::
         interval: true                         # ... or the paired difference's 95 % interval
       - check: "anyloss.f1 > bce.f1"
         min_seeds: 4                           # ... or on at least 4 of the seeds
+      - check: "anyloss.bacc > bce.bacc"
+        gate: false                            # reported, not gated: printed, not part of the verdict
 
 Arm ``args`` may hold two placeholders, replaced run by run: ``{seed}`` (the run's seed) and
 ``{workdir}`` (the sweep's scratch folder, deleted at the end), so an earlier arm can write what a
@@ -45,6 +47,10 @@ need a side that varies by seed (an ``arm.metric`` outside ``mean min max median
 that breaks this, or gives ``interval`` fewer than two seeds or ``min_seeds`` more than it has, is a
 ClaimError at load (and for ``--seeds N``).
 
+``gate: false`` (any mode) makes a condition *reported, not gated*: it is evaluated and printed
+with its verdict, but the claim's verdict rests on the gated conditions only. Use it for an effect
+smaller than its seed spread that the card still wants to show; the card says which these are.
+
 ``seed_offset=K`` (``zoo reproduce NAME --seed-offset K``) shifts every seed by ``K``, so anyone can
 check a claim on seeds its authors never tuned on. The result carries each metric's mean, sample
 standard deviation and 95 % Student-t interval of the mean, and the environment it ran in.
@@ -61,7 +67,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +122,7 @@ class Arm:
     args: tuple[str, ...] = ()
 
 
-_CONDITION_KEYS = {"check", "paper", "each_seed", "interval", "min_seeds"}
+_CONDITION_KEYS = {"check", "paper", "each_seed", "interval", "min_seeds", "gate"}
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,7 @@ class Condition:
     each_seed: bool = False
     interval: bool = False  # the 95 % t-interval of the per-seed paired difference must clear the threshold
     min_seeds: int | None = None  # holds when at least this many seeds satisfy the check (paired)
+    gate: bool = True  # False: reported, not gated (printed, left out of the claim's verdict)
 
     @property
     def mode(self) -> str:
@@ -247,7 +254,10 @@ def _condition(spec: dict[str, Any], path: Path) -> Condition:
     min_seeds = spec.get("min_seeds")
     if min_seeds is not None and (isinstance(min_seeds, bool) or not isinstance(min_seeds, int) or min_seeds < 1):
         raise ClaimError(f"{path}: condition {spec['check']!r}: min_seeds must be a positive integer, not {min_seeds!r}")
-    cond = Condition(str(spec["check"]), str(spec.get("paper", "")), bool(spec.get("each_seed", False)), bool(spec.get("interval", False)), min_seeds)
+    gate = spec.get("gate", True)
+    if not isinstance(gate, bool):
+        raise ClaimError(f"{path}: condition {spec['check']!r}: gate must be true or false, not {gate!r}")
+    cond = Condition(str(spec["check"]), str(spec.get("paper", "")), bool(spec.get("each_seed", False)), bool(spec.get("interval", False)), min_seeds, gate)
     if sum((cond.each_seed, cond.interval, cond.min_seeds is not None)) > 1:
         raise ClaimError(f"{path}: condition {cond.check!r} sets more than one of each_seed, interval, min_seeds; pick one mode")
     return cond
@@ -326,6 +336,7 @@ class ConditionResult:
     seeds_held: int | None = None  # paired modes: how many seeds satisfy the check
     seeds_total: int | None = None
     min_seeds: int | None = None
+    gate: bool = True  # False: reported, not gated; ``held`` is still its own verdict
 
     def measured(self) -> str:
         """What the verdict rests on, for tables and titles: ``+1.2 [+0.3, +2.1]``, ``8/10 seeds (needs 7)``, ``a vs b``."""
@@ -348,6 +359,10 @@ class ConditionResult:
 
 def evaluate_condition(cond: Condition, values: dict[str, dict[str, list[float]]]) -> ConditionResult:
     """Evaluate one condition on per-arm, per-metric vectors over seeds, in the condition's mode."""
+    return replace(_evaluate_in_mode(cond, values), gate=cond.gate)
+
+
+def _evaluate_in_mode(cond: Condition, values: dict[str, dict[str, list[float]]]) -> ConditionResult:
     left, symbol, right = cond.parsed()
 
     def lookup(arm: str, alias: str) -> np.ndarray:
@@ -422,7 +437,8 @@ class ClaimResult:
 
     @property
     def held(self) -> bool:
-        return all(c.held for c in self.conditions)
+        """The claim's verdict: every gated condition held (reported-only ones are left out)."""
+        return all(c.held for c in self.conditions if c.gate)
 
     def stats(self) -> dict[str, dict[str, Interval]]:
         """Per arm and metric: mean, sample std and 95 % t-interval over seeds."""

@@ -421,3 +421,28 @@ def test_drawn_points_and_means_equal_the_result_values() -> None:
                 assert segment[0][1] == pytest.approx(np.mean(VALUES["base"]["f1"]) + 0.1)
     assert seen == {("method", "f1"), ("base", "f1"), ("method", "acc"), ("base", "acc")}
     assert "did NOT hold" in fig._suptitle.get_text()
+
+
+def test_reported_not_gated_condition_is_shown_but_leaves_the_verdict(cards: Path) -> None:
+    """``gate: false``: a failing reported condition keeps the claim held; a failing gated one does not."""
+    from rich.console import Console
+
+    write_card(cards, [{"check": "method.f1 > base.f1", "gate": False}, {"check": "method.acc >= base.acc"}])
+    claim = load_claim("anyloss")
+    assert [c.gate for c in claim.conditions] == [False, True]
+    values = {"method": {"f1": [0.1, 0.2], "acc": [0.9, 0.9]}, "base": {"f1": [0.5, 0.6], "acc": [0.8, 0.9]}}
+    results = [evaluate_condition(c, values) for c in claim.conditions]
+    assert [(r.held, r.gate) for r in results] == [(False, False), (True, True)]
+    result = ClaimResult("anyloss", "c", "p", [0, 1], {"method": "M", "base": "B"}, values, results, 1.0, metrics={"f1": "test/f1", "acc": "test/acc"})
+    assert result.held and json.loads(result.to_json())["conditions"][0]["gate"] is False
+    console = Console(record=True, width=250)
+    cli.render_claim(result, console)
+    text = console.export_text()
+    assert "did not hold (reported, not gated)" in text and "the claim held" in text
+    assert "reported, not gated" in {p.metric: p for p in plot_data(result)}["f1"].conditions[0][4]
+    gated = [evaluate_condition(Condition("method.f1 > base.f1"), values), results[1]]
+    assert not ClaimResult("anyloss", "c", "p", [0, 1], {"method": "M", "base": "B"}, values, gated, 1.0).held
+    for bad in ("no", 0, None):
+        write_card(cards, [{"check": "method.f1 > base.f1", "gate": bad}])
+        with pytest.raises(ClaimError, match="gate must be true or false"):
+            load_claim("anyloss")

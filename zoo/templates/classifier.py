@@ -7,7 +7,12 @@ summed over batches and, under DDP, over processes), from which the epoch's metr
 - ``{stage}/balanced_acc``: balanced accuracy, the mean over classes of per-class recall;
 - ``{stage}/worst_class_acc``: the lowest per-class recall;
 - ``{stage}/acc_class{k}``: the recall of class ``k`` (``class_metrics_limit`` caps how many);
-- ``{stage}/loss``: :meth:`ClassifierModule.eval_loss`, cross-entropy by default.
+- ``{stage}/loss``: :meth:`ClassifierModule.eval_loss`, cross-entropy by default;
+- ``{stage}/many_acc``, ``{stage}/medium_acc``, ``{stage}/few_acc``: the long-tailed split of
+  Liu et al. (OLTR, CVPR 2019): mean recall over the classes with more than ``many`` training
+  examples, fewer than ``few``, and in between. Logged once the groups are known: from
+  :meth:`ClassifierModule.set_shot_groups`, or at setup from a DataModule that has a
+  ``train_class_counts()`` method (thresholds ``shot_thresholds``, 100 and 20 by default).
 
 As scikit-learn's ``balanced_accuracy_score``, a class with no example in the epoch's targets
 is left out of the balanced and worst-class accuracy (its per-class value is NaN). With several
@@ -52,18 +57,35 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from zoo.hub import ZooModule
 
-__all__ = ["ClassifierModule", "classification_metrics"]
+__all__ = ["ClassifierModule", "classification_metrics", "shot_groups"]
 
 STAGES = ("val", "test")
 
 
-def classification_metrics(confusion: Tensor, prefix: str, max_classes: int | None = None) -> dict[str, Tensor]:
+SHOT_GROUPS = ("many", "medium", "few")
+
+
+def shot_groups(train_counts: Tensor | list[int], many: int = 100, few: int = 20) -> Tensor:
+    """Each class's long-tail group from its training count: 0 many (``> many``), 2 few (``< few``), 1 medium."""
+    counts = torch.as_tensor(train_counts)
+    if counts.ndim != 1 or counts.numel() == 0 or bool((counts < 0).any()):
+        raise ValueError(f"train_counts must be a non-empty 1-D sequence of non-negative counts, got {train_counts!r}")
+    if not 0 < few <= many:
+        raise ValueError(f"shot thresholds need 0 < few <= many, got few={few}, many={many}")
+    groups = torch.ones(counts.numel(), dtype=torch.long)
+    groups[counts > many] = 0
+    groups[counts < few] = 2
+    return groups
+
+
+def classification_metrics(confusion: Tensor, prefix: str, max_classes: int | None = None, groups: Tensor | None = None) -> dict[str, Tensor]:
     """Accuracy, balanced, worst-class and per-class accuracy from a ``(C, C)`` confusion matrix.
 
     ``confusion[i, j]`` counts examples of true class ``i`` predicted as ``j``. Recall of class
     ``i`` is ``confusion[i, i] / confusion[i].sum()``; classes without examples are NaN and left
     out of the mean and the minimum (as ``sklearn.metrics.balanced_accuracy_score``). Per-class
-    keys are written for the first ``max_classes`` classes (all when None).
+    keys are written for the first ``max_classes`` classes (all when None). With ``groups`` (see
+    :func:`shot_groups`), the mean recall of each Many / Medium / Few group (NaN for an empty one).
     """
     cm = confusion.double()
     support = cm.sum(1)
@@ -78,6 +100,12 @@ def classification_metrics(confusion: Tensor, prefix: str, max_classes: int | No
     }
     limit = len(recall) if max_classes is None else min(max_classes, len(recall))
     out.update({f"{prefix}/acc_class{k}": recall[k] for k in range(limit)})
+    if groups is not None:
+        if groups.shape != recall.shape:
+            raise ValueError(f"groups has shape {tuple(groups.shape)}, expected ({len(recall)},): one group per class")
+        for g, name in enumerate(SHOT_GROUPS):
+            member = present & (groups.to(recall.device) == g)
+            out[f"{prefix}/{name}_acc"] = recall[member].mean() if member.any() else nan
     return out
 
 
@@ -93,6 +121,7 @@ class ClassifierModule(ZooModule):
 
     class_metrics_limit: int | None = 100
     prog_bar_metric: str = "acc"
+    shot_thresholds: tuple[int, int] = (100, 20)  # (many, few): the OLTR split of CIFAR-LT / ImageNet-LT
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
@@ -101,6 +130,22 @@ class ClassifierModule(ZooModule):
         self.num_classes = int(num_classes)
         # the first loader of each stage exists from the start (moved with the module); more are added on use
         self.class_metrics = nn.ModuleDict({f"{stage}_0": MulticlassConfusionMatrix(self.num_classes) for stage in STAGES})
+        self.shot_groups: Tensor | None = None  # per-class Many/Medium/Few group; None: not logged
+
+    def set_shot_groups(self, train_counts: Tensor | list[int], many: int | None = None, few: int | None = None) -> None:
+        """Log Many / Medium / Few accuracy from now on, grouping classes by their training counts."""
+        if len(train_counts) != self.num_classes:
+            raise ValueError(f"train_counts has {len(train_counts)} classes, the model {self.num_classes}")
+        default_many, default_few = self.shot_thresholds
+        self.shot_groups = shot_groups(train_counts, default_many if many is None else many, default_few if few is None else few)
+
+    def setup(self, stage: str) -> None:
+        """Take the Many / Medium / Few groups from a DataModule with ``train_class_counts()``, unless already set."""
+        super().setup(stage)
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        counts = getattr(datamodule, "train_class_counts", None)
+        if self.shot_groups is None and callable(counts):
+            self.set_shot_groups(counts())
 
     # ------------------------------------------------------------------------------ metrics
     def _confusion(self, stage: str, dataloader_idx: int) -> MulticlassConfusionMatrix:
@@ -130,7 +175,7 @@ class ClassifierModule(ZooModule):
             metric = self.class_metrics[f"{stage}_{idx}"]
             if not metric.update_called:
                 continue
-            values = classification_metrics(metric.compute(), stage, self.class_metrics_limit)
+            values = classification_metrics(metric.compute(), stage, self.class_metrics_limit, self.shot_groups)
             out.update({self.metric_key(k, idx, len(indices)): v for k, v in values.items()})
             metric.reset()
         return out

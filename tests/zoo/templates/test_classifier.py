@@ -109,3 +109,58 @@ def test_in_a_trainer_with_two_test_loaders_and_predict(tmp_path) -> None:
     probs = trainer.predict(model, DataLoader(TensorDataset(x), batch_size=8))
     assert torch.allclose(torch.cat(probs).sum(-1), torch.ones(24))
     assert not any(k.startswith("class_metrics") for k in model.state_dict())  # metrics are not weights
+
+
+def test_shot_groups_follow_the_oltr_thresholds() -> None:
+    """> many: Many (0); < few: Few (2); the rest, both thresholds included, Medium (1)."""
+    from zoo.templates.classifier import shot_groups
+
+    assert shot_groups([500, 101, 100, 20, 19, 0]).tolist() == [0, 0, 1, 1, 2, 2]
+    assert shot_groups([30, 10, 5], many=20, few=10).tolist() == [0, 1, 2]
+    for bad, kwargs in (([], {}), ([[1, 2]], {}), ([-1, 3], {}), ([5, 5], {"many": 10, "few": 20})):
+        with pytest.raises(ValueError):
+            shot_groups(bad, **kwargs)
+
+
+def test_many_medium_few_accuracy_is_the_mean_recall_of_each_group() -> None:
+    model = Tiny()
+    model.set_shot_groups([200, 150, 50, 5])  # classes 0, 1 Many; 2 Medium; 3 Few
+    for y, pred in BATCHES:
+        model.update_metrics("val", logits_for(pred, 4), torch.tensor(y))
+    out = model.compute_metrics("val")
+    y_all = [t for y, _ in BATCHES for t in y]
+    p_all = [p for _, pred in BATCHES for p in pred]
+    recall = recall_score(y_all, p_all, average=None, labels=[0, 1, 2, 3])
+    assert float(out["val/many_acc"]) == pytest.approx((recall[0] + recall[1]) / 2)
+    assert float(out["val/medium_acc"]) == pytest.approx(recall[2])
+    assert float(out["val/few_acc"]) == pytest.approx(recall[3])
+    model.update_metrics("val", logits_for([0], 4), torch.tensor([0]))  # the Few class absent: NaN, as sklearn leaves it out
+    assert math.isnan(float(model.compute_metrics("val")["val/few_acc"]))
+    with pytest.raises(ValueError, match="has 3 classes, the model 4"):
+        model.set_shot_groups([1, 2, 3])
+    plain = Tiny()  # no groups known: no group keys
+    plain.update_metrics("val", logits_for([0], 4), torch.tensor([0]))
+    assert not {"val/many_acc", "val/medium_acc", "val/few_acc"} & set(plain.compute_metrics("val"))
+
+
+def test_shot_groups_come_from_a_datamodule_with_train_class_counts(tmp_path) -> None:
+    from lightning.pytorch import LightningDataModule
+
+    class LongTailed(LightningDataModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.x, self.y = torch.randn(24, 4), torch.arange(24) % 4
+
+        def train_class_counts(self) -> list[int]:
+            return [300, 120, 40, 8]
+
+        def train_dataloader(self) -> DataLoader:
+            return DataLoader(TensorDataset(self.x, self.y), batch_size=8)
+
+        val_dataloader = test_dataloader = train_dataloader
+
+    model = Tiny()
+    trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=LongTailed())
+    assert model.shot_groups.tolist() == [0, 0, 1, 2]
+    assert {"val/many_acc", "val/medium_acc", "val/few_acc"} <= set(trainer.callback_metrics)

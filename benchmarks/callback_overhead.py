@@ -2,8 +2,9 @@
 
 The peer is the identical training run (same model, data, seeds, epochs) with no callback; with
 the monitor the run trains to bit-identical weights. The monitor adds, every epoch, one no-grad
-eval-mode forward over the train set in dataset order, one ``d x d`` second-moment product per
-4,096 features and a ``K x K`` eigendecomposition; the ratio shows what measuring neural collapse
+eval-mode forward over the train set in dataset order, the per-class feature sums, a ``K x K``
+eigendecomposition and the projection of the held features on at most ``K - 1`` directions (``O(N d K)``,
+no ``d x d`` product), and Lightning's logging of four values; the ratio shows what measuring neural collapse
 at every epoch costs on a small model, the worst case (with ``every_n_epochs=10``, the default, it
 is a tenth of the extra time). Runs alternate (after one warm-up each) and the medians are
 compared; on a shared machine use more ``--repeats``.

@@ -199,7 +199,7 @@ class NeuralCollapseMonitor(Callback):
         """Run the model once over the training samples and return the NC metrics (all processes must call it)."""
         if self._metric is None or self._feature_module is None:
             raise RuntimeError("NeuralCollapseMonitor.measure() called before setup()")
-        metric = self._metric.to(pl_module.device)
+        metric = self._metric if self._metric.device == pl_module.device else self._metric.to(pl_module.device)
         metric.reset()
         metric.set_classifier(_linear_product(self._classifier_layers))
         captured: list[Tensor] = []
@@ -264,7 +264,7 @@ class NeuralCollapseMonitor(Callback):
         return fig
 
 
-_CHUNK_ROWS = 4096  # features gathered before one statistics update: fewer, larger d x d products
+_CHUNK_ROWS = 4096  # features gathered before one metric update: fewer, larger class-sum updates
 
 
 def _one_capture(captured: list[Tensor]) -> Tensor:

@@ -19,19 +19,23 @@ Definitions (``K`` classes, ``n_k`` samples of class ``k``, ``N = sum n_k``, fea
   self-duality) or ``D = diag(s_k^{2M} + N lambda_H)`` (imbalanced: ``W ∝ D H_bar^T``).
 
 :class:`NeuralCollapseMetrics` accumulates sufficient statistics (per-class counts and feature
-sums, and one ``d x d`` second moment, all summed across DDP processes); :func:`neural_collapse` is
-its functional twin. Choices: one total second moment replaces the per-class ones (the same
-``Sigma_W``, exactly, at ``1/K`` of the memory); statistics are accumulated in float64, but on a
-CPU the ``d x d`` product of float32 features is taken in float32 after subtracting each batch's
-class means (:func:`_statistics`; NC1 of the collapsed UFM claim moved by under 2e-5 relative); NC1 is
-computed from the ``K x K`` Gram of the centred means (:func:`nc1_from_means`, equal to the
-``d x d`` pseudo-inverse formula of :func:`nc1` at ``O(K d^2)`` cost); ``Sigma_B`` uses the classes
-that have samples; a class with no sample has a zero mean.
+sums, summed across DDP processes) and keeps the features themselves; :func:`neural_collapse` is its
+functional twin. Choices: NC1 is computed from the ``K x K`` Gram of the centred means
+(:func:`_between_spectrum`): ``Sigma_B^+`` lives in the span of the centred means, so ``Sigma_W``
+enters only through its projection on ``r <= K - 1`` directions, and with the features at hand
+(:func:`nc1_from_features`) that costs ``O(N d K)`` with exact float64 centring, equal to the ``d x d``
+pseudo-inverse formula of :func:`nc1`. Beyond ``max_held`` feature numbers per process, and under
+DDP (where ranks must hold summable states), features are folded into one total ``d x d`` second
+moment instead (``O(N d^2)``, the same ``Sigma_W`` as per-class moments at ``1/K`` of the memory;
+:func:`nc1_from_means`); on a CPU its product of float32 features is taken in float32 after subtracting
+each chunk's class means (:func:`_second_moment`; NC1 of the collapsed UFM claim moved by under 2e-5
+relative). ``Sigma_B`` uses the classes that have samples; a class with no sample has a zero mean.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -48,6 +52,7 @@ __all__ = [
     "class_means",
     "max_abs_cosine",
     "nc1",
+    "nc1_from_features",
     "nc1_from_means",
     "nc2",
     "nc3",
@@ -93,6 +98,20 @@ def nc1(sigma_w: Tensor, sigma_b: Tensor, num_classes: int, rtol: float = 1e-6) 
     return torch.trace(sigma_w @ pinv) / num_classes
 
 
+def _between_spectrum(centred_means: Tensor, rtol: float) -> tuple[Tensor, Tensor] | None:
+    """``(V, l)``: the kept eigenvalues ``l`` of ``D D^T / K`` and the rows ``V = U^T D`` (``(r, d)``), or None if ``Sigma_B = 0``.
+
+    ``Sigma_B^+ = V^T diag(l^-2) V / K``, so ``Sigma_W`` enters NC1 only through ``V Sigma_W V^T`` (the span of the means).
+    """
+    k = centred_means.shape[0]
+    evals, evecs = torch.linalg.eigh(centred_means @ centred_means.T / k)
+    top = evals.max()
+    if not top > 0:
+        return None
+    keep = evals > rtol * top
+    return evecs[:, keep].T @ centred_means, evals[keep]
+
+
 def nc1_from_means(sigma_w: Tensor, centred_means: Tensor, rtol: float = 1e-6) -> Tensor:
     """NC1 with ``Sigma_B = D^T D / K`` given by the centred class means ``D (K, d)``, in ``O(K d^2)``.
 
@@ -100,15 +119,33 @@ def nc1_from_means(sigma_w: Tensor, centred_means: Tensor, rtol: float = 1e-6) -
     (the non-zero spectrum of ``Sigma_B``), ``Sigma_B^+ = D^T U diag(l^-2) U^T D / K``, so
     ``NC1 = (1/K^2) sum_j u_j^T D Sigma_W D^T u_j / l_j^2`` over ``l_j > rtol * max(l)``.
     """
-    k = centred_means.shape[0]
-    evals, evecs = torch.linalg.eigh(centred_means @ centred_means.T / k)
-    top = evals.max()
-    if not top > 0:
+    spectrum = _between_spectrum(centred_means, rtol)
+    if spectrum is None:
         return sigma_w.new_tensor(math.inf if torch.any(sigma_w != 0) else 0.0)
-    keep = evals > rtol * top
-    proj = evecs[:, keep].T @ centred_means  # (r, d): u_j^T D
+    proj, evals = spectrum
     quad = ((proj @ sigma_w) * proj).sum(1)
-    return (quad / evals[keep] ** 2).sum() / k**2
+    return (quad / evals**2).sum() / centred_means.shape[0] ** 2
+
+
+def nc1_from_features(
+    features: Sequence[Tensor], labels: Sequence[Tensor], means: Tensor, centred_means: Tensor, rtol: float = 1e-6
+) -> Tensor:
+    """NC1 of features given in chunks, with class means ``(K, d)`` and centred means ``D``, in ``O(N d K)``.
+
+    The value of :func:`nc1_from_means` without ``Sigma_W``: ``u_j^T D Sigma_W D^T u_j = (1/N) sum_i
+    (v_j . (h_i - mu_{y_i}))^2`` with ``v_j = D^T u_j``; the centring is exact (float64), no second moment.
+    """
+    spectrum = _between_spectrum(centred_means, rtol)
+    n = sum(len(y) for y in labels)
+    if spectrum is None:
+        spread = any(bool(torch.any(f.to(means) != means[y])) for f, y in zip(features, labels))
+        return means.new_tensor(math.inf if spread else 0.0)
+    proj, evals = spectrum
+    scatter = proj.new_zeros(proj.shape[0])
+    for f, y in zip(features, labels):
+        p = (f.to(means) - means[y]) @ proj.T  # (rows, r): v_j . (h_i - mu_{y_i})
+        scatter += (p * p).sum(0)
+    return (scatter / n / evals**2).sum() / centred_means.shape[0] ** 2
 
 
 def _unit(a: Tensor) -> Tensor:
@@ -149,27 +186,39 @@ def max_abs_cosine(rows: Tensor) -> Tensor:
     return (cos - torch.diag(torch.diag(cos))).abs().max()
 
 
-def _statistics(features: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-class counts ``(K,)``, feature sums ``(K, d)`` and the total second moment ``(d, d)``, in float64.
+def _class_sums(features: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Per-class counts ``(K,)`` and float64 feature sums ``(K, d)``."""
+    counts = torch.bincount(labels, minlength=num_classes)
+    sums = torch.zeros(num_classes, features.shape[1], dtype=torch.float64, device=features.device)
+    return counts, sums.index_add_(0, labels, features.detach().to(torch.float64))
 
-    The second moment is ``sum_k n_k m_k m_k^T`` (float64, batch class means ``m_k``) plus the scatter of
-    the class-centred features: centred, a float32 product stays accurate where features collapse, and on
+
+def _second_moment(features: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """The total second moment ``sum_i h_i h_i^T`` ``(d, d)`` in float64, at ``O(N d^2)``.
+
+    Taken as ``sum_k n_k m_k m_k^T`` (float64, chunk class means ``m_k``) plus the scatter of the
+    class-centred features: centred, a float32 product stays accurate where features collapse, and on
     a CPU it is twice as fast as float64. On other devices the product is float64 (TF32 may be on there).
     """
     h = features.detach()
     h = h.to(torch.promote_types(h.dtype, torch.float32) if h.device.type == "cpu" else torch.float64)
-    counts = torch.bincount(labels, minlength=num_classes)
-    sums = torch.zeros(num_classes, h.shape[1], dtype=torch.float64, device=h.device).index_add_(0, labels, h.to(torch.float64))
+    counts, sums = _class_sums(h, labels, num_classes)
     means = class_means(counts, sums)
     centred = h - means.to(h.dtype)[labels]
     between = means.T @ (counts.to(sums.dtype).unsqueeze(1) * means)
-    return counts, sums, (centred.T @ centred).to(torch.float64) + between
+    return (centred.T @ centred).to(torch.float64) + between
+
+
+def _chunks(state: Tensor | list[Tensor]) -> list[Tensor]:
+    """A list state as its non-empty tensors (after a DDP sync it is one tensor, possibly empty)."""
+    return [state] if isinstance(state, Tensor) and state.numel() else [t for t in state if t.numel()] if isinstance(state, list) else []
 
 
 def _compute(
     counts: Tensor,
     sums: Tensor,
-    second_moment: Tensor,
+    second_moment: Tensor | None,
+    held: tuple[list[Tensor], list[Tensor]],
     weight: Tensor,
     geometry: str,
     depth: int,
@@ -178,15 +227,27 @@ def _compute(
     center_means: bool,
     rtol: float,
 ) -> dict[str, Tensor]:
-    """NC1, NC2_W, NC2_H and NC3 from the accumulated statistics and the classifier ``W``."""
+    """NC1, NC2_W, NC2_H and NC3 from the accumulated statistics, the held features and the classifier ``W``.
+
+    ``second_moment`` covers the samples that were folded into it; ``held`` (feature and label chunks)
+    the rest. With every sample held NC1 comes from the features in ``O(N d K)`` (:func:`nc1_from_features`),
+    otherwise the held ones are folded in and NC1 comes from ``Sigma_W`` (:func:`nc1_from_means`).
+    """
     num_classes = counts.numel()
     if counts.sum() == 0:
         raise ValueError("no samples were accumulated: call update(features, labels) before compute()")
-    sigma_w = within_class_covariance(counts, sums, second_moment)
     means = class_means(counts, sums)
     present = counts > 0
     global_mean = sums.sum(0) / counts.sum()
     centred = means[present] - global_mean  # Sigma_B = centred^T centred / K
+    features, labels = held
+    if sum(len(y) for y in labels) == int(counts.sum()):
+        nc1_value = nc1_from_features(features, labels, means, centred, rtol)
+    else:
+        second = sums.new_zeros(sums.shape[1], sums.shape[1]) if second_moment is None else second_moment
+        for f, y in zip(features, labels):
+            second = second + _second_moment(f, y, num_classes)
+        nc1_value = nc1_from_means(within_class_covariance(counts, sums, second), centred, rtol)
     if center_means:
         means = torch.where(present.unsqueeze(1), means - global_mean, means)
     w = weight.detach().to(sums)
@@ -194,7 +255,7 @@ def _compute(
         geometry, num_classes, counts, depth, weight_decay, feature_decay, dtype=sums.dtype, device=sums.device
     )
     return {
-        "NC1": nc1_from_means(sigma_w, centred, rtol),
+        "NC1": nc1_value,
         "NC2_W": nc2(w @ w.T, t_w),
         "NC2_H": nc2(means @ means.T, t_h),
         "NC3": nc3(w, means, dual),
@@ -243,15 +304,18 @@ def neural_collapse(
     """
     num_classes = weight.shape[0]
     features, labels = _check_inputs(features, labels, num_classes, weight.shape[1])
-    counts, sums, second = _statistics(features, labels, num_classes)
-    return _compute(counts, sums, second, weight, geometry, depth, weight_decay, feature_decay, _resolve_center(geometry, center_means), rtol)
+    counts, sums = _class_sums(features, labels, num_classes)
+    center = _resolve_center(geometry, center_means)
+    return _compute(counts, sums, None, ([features], [labels]), weight, geometry, depth, weight_decay, feature_decay, center, rtol)
 
 
 class NeuralCollapseMetrics(Metric):
     """NC1, NC2 (of ``W`` and of the class means) and NC3, accumulated over batches and processes.
 
-    ``update(features, labels)`` adds per-class counts and feature sums and the total second moment
-    (all summed across DDP processes, so the result is exact, not an average of per-process values).
+    ``update(features, labels)`` adds per-class counts and feature sums and keeps the features (up to
+    ``max_held`` numbers per process) for NC1 in ``O(N d K)``; beyond that, and always under DDP, it
+    folds them into a ``d x d`` second moment (``O(N d^2)``). Statistics are summed across DDP
+    processes, so the result is exact, not an average of per-process values.
     The classifier ``W = W_M ... W_1`` (``(K, d)``, the product of the linear layers above the
     measured layer) is set with :meth:`set_classifier` before :meth:`compute`, which returns
     ``{"NC1", "NC2_W", "NC2_H", "NC3"}``.
@@ -268,6 +332,8 @@ class NeuralCollapseMetrics(Metric):
         center_means: subtract the global mean from the class means in NC2_H and NC3. None: yes for
             ``"etf"``, no for ``"imbalanced_orthogonal"`` (bias-free models use non-centred means).
         rtol: relative tolerance of the pseudo-inverse of ``Sigma_B`` in NC1.
+        max_held: feature numbers (rows x ``d``) kept per process before they are folded into the
+            second moment (the memory bound; either way the metrics are the same).
 
     Example:
         >>> _ = torch.manual_seed(0)
@@ -287,6 +353,8 @@ class NeuralCollapseMetrics(Metric):
     counts: Tensor
     sums: Tensor
     second_moment: Tensor
+    held_features: list[Tensor]
+    held_labels: list[Tensor]
 
     def __init__(
         self,
@@ -298,6 +366,7 @@ class NeuralCollapseMetrics(Metric):
         feature_decay: float | None = None,
         center_means: bool | None = None,
         rtol: float = 1e-6,
+        max_held: int = 2**23,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -314,10 +383,13 @@ class NeuralCollapseMetrics(Metric):
         self.weight_decay, self.feature_decay = weight_decay, feature_decay
         self.center_means = _resolve_center(geometry, center_means)
         self.rtol = rtol
+        self.max_held = max_held
         self.classifier_weight: Tensor | None = None
         self.add_state("counts", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("sums", torch.zeros(num_classes, feature_dim, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("second_moment", torch.zeros(feature_dim, feature_dim, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("held_features", [], dist_reduce_fx="cat")  # never filled under DDP (see update)
+        self.add_state("held_labels", [], dist_reduce_fx="cat")
 
     def set_classifier(self, weight: Tensor) -> None:
         """Set ``W = W_M ... W_1`` (``(K, d)``) for the next :meth:`compute`."""
@@ -329,10 +401,17 @@ class NeuralCollapseMetrics(Metric):
     @override
     def update(self, features: Tensor, labels: Tensor) -> None:
         features, labels = _check_inputs(features, labels, self.num_classes, self.feature_dim)
-        counts, sums, second = _statistics(features, labels, self.num_classes)
+        counts, sums = _class_sums(features, labels, self.num_classes)
         self.counts += counts
         self.sums += sums
-        self.second_moment += second
+        self.held_features.append(features.detach())  # kept by reference, as torchmetrics' list states do
+        self.held_labels.append(labels)
+        held = sum(f.numel() for f in self.held_features)
+        if held > self.max_held or self.distributed_available_fn():  # DDP: ranks keep equal, summable states
+            for f, y in zip(self.held_features, self.held_labels):
+                self.second_moment += _second_moment(f, y, self.num_classes)
+            self.held_features.clear()
+            self.held_labels.clear()
 
     @override
     def compute(self) -> dict[str, Tensor]:
@@ -342,6 +421,7 @@ class NeuralCollapseMetrics(Metric):
             self.counts,
             self.sums,
             self.second_moment,
+            (_chunks(self.held_features), _chunks(self.held_labels)),
             self.classifier_weight,
             self.geometry,
             self.depth,

@@ -33,6 +33,7 @@ from zoo.convex_relu import (
     to_sequential,
     train_nonconvex,
 )
+from zoo.convex_relu.admm_hinge import MAX_UNKNOWNS, HingeADMM, hinge_prox
 from zoo.datamodules.moons import MoonsDataModule
 
 cp = pytest.importorskip("cvxpy")
@@ -280,6 +281,57 @@ def test_robust_program_certificate_holds_against_pgd() -> None:
         assert torch.all(y * net(x_adv)[:, 0] >= margins - 1e-9)
 
 
+def test_hinge_prox_is_the_minimiser_on_a_grid() -> None:
+    q = torch.linspace(-2, 3, 41, dtype=D64)
+    grid = torch.linspace(-4, 5, 90001, dtype=D64)
+    for rho in (0.5, 2.0):
+        values = (1 - grid[None]).clamp_min(0) + rho / 2 * (grid[None] - q[:, None]) ** 2
+        assert torch.allclose(hinge_prox(q, rho), grid[values.argmin(1)], atol=2e-4)
+
+
+@pytest.mark.parametrize(("epsilon", "expected"), [(0.0, 0.5 / math.sqrt(2)), (0.5, 0.5 / math.sqrt(1.25))])
+def test_hinge_admm_hand_checked_one_point_program(epsilon: float, expected: float) -> None:
+    """x~ = (1, 1), y = +1, one pattern, beta = 0.5, the first coordinate attacked: w = 0 and v = (a, b) with the
+    largest robust margin a + b - eps |a| per unit norm, i.e. direction (1 - eps, 1): optimum beta / ||(1 - eps, 1)||."""
+    xt, y, masks = torch.ones(1, 2, dtype=D64), torch.ones(1, dtype=D64), torch.ones(1, 1, dtype=torch.bool)
+    _, _, clarabel = solve_cvxpy(xt, y, masks, 0.5, "hinge", epsilon, n_features=1)
+    admm = HingeADMM(xt, y, masks, 0.5, rho=1.0, epsilon=epsilon, n_features=1)
+    state = admm.iterate(admm.init_state(), 3000)
+    v, w = admm.split(state.v)
+    value = convex_objective(xt, y, masks, v, w, 0.5, "hinge", epsilon=epsilon, n_features=1)
+    assert clarabel == pytest.approx(expected, rel=1e-6)
+    assert value == pytest.approx(expected, rel=1e-5)
+    assert float(w.norm()) < 1e-6 and cone_violation(xt, masks, v, w, epsilon, 1) < 1e-6
+
+
+@pytest.mark.parametrize(("epsilon", "rel"), [(0.0, 3e-3), (0.1, 2e-3)])
+def test_hinge_and_robust_admm_reach_clarabel(epsilon: float, rel: float) -> None:
+    """6,000 iterations on a small sampled program (measured 2.1e-3 and 1.1e-3 from the optimum: ADMM is slow on these LP-like programs)."""
+    x, y = moons(16, seed=2)
+    xt = add_bias(x)
+    masks, _ = sample_arrangements(xt, 12, seed=0)
+    _, _, optimum = solve_cvxpy(xt, y, masks, 0.1, "hinge", epsilon, n_features=2, tol_gap_abs=1e-10, tol_gap_rel=1e-10)
+    admm = HingeADMM(xt, y, masks, 0.1, rho=3.0, epsilon=epsilon, n_features=2)
+    state = admm.iterate(admm.init_state(), 6000)
+    v, w = admm.split(state.v)
+    value = convex_objective(xt, y, masks, v, w, 0.1, "hinge", epsilon=epsilon, n_features=2)
+    assert abs(value - optimum) <= rel * optimum
+    assert cone_violation(xt, masks, v, w, epsilon, n_features=2) < 1e-3
+
+
+def test_pgd_adversarial_training_picks_its_start_by_the_adversarial_objective() -> None:
+    """PGD-AT's best start is chosen by the objective it trains (on PGD examples), which is above the clean one."""
+    from zoo.convex_relu.nonconvex import AdamRun
+
+    x, y = moons(20, seed=0)
+    run = AdamRun(x, y, 8, 0.1, "hinge", "sum", 3, 20, 0.01, True, 0, epsilon=0.1, attack_steps=5)
+    run.step(20)
+    with torch.no_grad():
+        clean = run.objectives()
+    _, values = run.best()
+    assert bool((values > clean + 1e-6).all())
+
+
 # ------------------------------------------------------------------------ Lightning wrapper
 def _fit(model: ConvexReLU, dm: MoonsDataModule, tmp: Path | None = None) -> Trainer:
     trainer = Trainer(
@@ -299,8 +351,9 @@ def _fit(model: ConvexReLU, dm: MoonsDataModule, tmp: Path | None = None) -> Tra
         {"solver": "adam", "width": 8, "max_iters": 100, "iters_per_step": 50, "restarts": 3},
         {"solver": "adam", "width": 8, "max_iters": 6, "iters_per_step": 6, "restarts": 2, "loss": "hinge", "epsilon": 0.1},
         {"solver": "clarabel", "arrangements": "sampled", "loss": "hinge", "epsilon": 0.1, "beta": 0.1},
+        {"solver": "admm", "arrangements": "sampled", "loss": "hinge", "epsilon": 0.1, "beta": 0.1, "max_iters": 200, "iters_per_step": 100},
     ],
-    ids=["admm", "clarabel", "scp", "adam", "adam-pgd-at", "robust"],
+    ids=["admm", "clarabel", "scp", "adam", "adam-pgd-at", "robust", "robust-admm"],
 )
 def test_fit_logs_every_metric_and_round_trips_through_the_hub(kwargs: dict, tmp_path: Path) -> None:
     dm = MoonsDataModule(n_train=12, n_val=4, n_test=30, seed=0)
@@ -326,7 +379,18 @@ def test_fit_logs_every_metric_and_round_trips_through_the_hub(kwargs: dict, tmp
 
 def test_invalid_settings_name_the_fix() -> None:
     with pytest.raises(ValueError, match="clarabel"):
-        ConvexReLU(solver="admm", loss="hinge")
+        ConvexReLU(solver="admm", loss="logistic")
+    with pytest.raises(ValueError, match="clarabel"):
+        ConvexReLU(solver="scp", arrangements="sampled", loss="hinge")
+    with pytest.raises(ValueError, match="hinge"):
+        ConvexReLU(solver="admm", epsilon=0.1)
+    xt, y = add_bias(torch.zeros(3, 2, dtype=D64)), torch.ones(3, dtype=D64)
+    masks = torch.ones(1, 3, dtype=torch.bool)
+    for bad in ({"rho": 0.0}, {"relax": 2.0}, {"epsilon": -0.1}, {"epsilon": 0.1, "n_features": 5}):
+        with pytest.raises(ValueError, match="rho|relax|epsilon|n_features"):
+            HingeADMM(xt, y, masks, 0.1, **bad)
+    with pytest.raises(ValueError, match="num_hyperplanes|clarabel"):  # the dense system is bounded
+        HingeADMM(xt, y, torch.ones(MAX_UNKNOWNS // 6 + 1, 3, dtype=torch.bool), 0.1)
     with pytest.raises(ValueError, match="hinge"):
         ConvexReLU(solver="clarabel", epsilon=0.1)
     with pytest.raises(ValueError, match="sampled"):

@@ -41,7 +41,8 @@ class ConvexReLU(SolverModule):
             program needs at most ``n + 1`` (Caratheodory), but ADMM's iterates keep many small groups
             (75-393 on moons with n = 40), hence the default 512; truncation keeps the largest neurons
             and is logged as ``train/dropped_neurons``.
-        solver: ``"admm"`` (the paper's Algorithm 1, squared loss), ``"clarabel"`` (CVXPY + Clarabel,
+        solver: ``"admm"`` (the paper's Algorithm 1 for the squared loss; ADMM with extra splitting for the
+            hinge loss and the robust hinge program), ``"clarabel"`` (CVXPY + Clarabel,
             the reference; any loss, the robust program), ``"scp"`` (gated sampled convex program by
             FISTA; publishes a :class:`GatedReLU`) or ``"adam"`` (the non-convex network by Adam,
             the back-propagation baseline).
@@ -52,7 +53,7 @@ class ConvexReLU(SolverModule):
         beta: weight decay / group-lasso weight.
         rho, dual_step: ADMM penalty (on the summed-loss scale, see the module notes) and scaled dual step.
         max_iters, tol, iters_per_step: solver iterations (Adam steps), early stop on relative residuals.
-        epsilon: L-inf radius of the robust convex program (``clarabel``, hinge) or of PGD adversarial
+        epsilon: L-inf radius of the robust convex program (``clarabel`` or ``admm``, hinge) or of PGD adversarial
             training (``adam``); 0 for standard training.
         lr, restarts: Adam's learning rate (cosine schedule over ``max_iters``) and number of random starts
             (the best is exported; all are reported).
@@ -97,11 +98,13 @@ class ConvexReLU(SolverModule):
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         loss_scale(1, reduction)
-        if solver in ("admm", "scp") and (loss != "squared" or epsilon > 0):
-            raise ValueError(f"solver={solver!r} handles the squared loss without epsilon; use solver='clarabel' for {loss}/robust")
+        if solver == "scp" and (loss != "squared" or epsilon > 0):
+            raise ValueError(f"solver='scp' handles the squared loss without epsilon; use solver='clarabel' or 'admm' for {loss}/robust")
+        if solver == "admm" and loss == "logistic":
+            raise ValueError("solver='admm' handles the squared and hinge losses (no ADMM-RBCD); use solver='clarabel' for logistic")
         if solver == "scp" and arrangements != "sampled":
             raise ValueError("solver='scp' is the sampled convex program: set arrangements='sampled'")
-        if epsilon > 0 and loss != "hinge" and solver == "clarabel":
+        if epsilon > 0 and loss != "hinge" and solver in ("clarabel", "admm"):
             raise ValueError("the robust convex program (epsilon > 0) is written for the hinge loss: set loss='hinge'")
         if min(input_dim, width, max_iters, iters_per_step, restarts, num_hyperplanes) < 1 or beta < 0 or epsilon < 0:
             raise ValueError("input_dim, width, max_iters, iters_per_step, restarts, num_hyperplanes must be positive; beta, epsilon >= 0")
@@ -161,7 +164,7 @@ class ConvexReLU(SolverModule):
             # the objective of the program the solver targets: for the robust convex program, the exported
             # net's exact worst-case hinge loss (adam's PGD training reports the clean objective)
             "train/objective": network_objective(
-                self.net, x, y, hp.beta, hp.loss, hp.reduction, hp.epsilon if hp.solver == "clarabel" else 0.0
+                self.net, x, y, hp.beta, hp.loss, hp.reduction, hp.epsilon if hp.solver in ("clarabel", "admm") else 0.0
             ),
             "train/acc": float(((self(x) > 0) == (y > 0)).double().mean()),
             "train/width": float(active.sum()),

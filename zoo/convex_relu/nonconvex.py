@@ -94,9 +94,13 @@ class AdamRun:
         return self.done >= self.steps
 
     def best(self) -> tuple[int, Tensor]:
-        """``(index of the best start, every start's objective)``."""
+        """``(index of the best start, every start's objective)``: the clean objective, or for PGD adversarial
+        training the objective it trains, on PGD examples of the training points (the same attack)."""
+        x = None
+        if self.epsilon > 0:
+            x = self.attack(_LogitsOf(self.nets), self.x.expand(len(self.params[0]), *self.x.shape).contiguous(), self.labels).detach()
         with torch.no_grad():
-            values = self.objectives()
+            values = self.objectives(x)
         return int(values.argmin()), values
 
 

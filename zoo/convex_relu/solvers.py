@@ -4,7 +4,8 @@ Each solver is built once on the whole training set (raw inputs ``x`` and target
 then :meth:`ConvexSolver.iterate` advances it and writes the current solution into the module's
 network. :data:`SOLVERS` maps the ``solver`` argument to its class; adding a solver is adding a class.
 
-- ``admm``: the paper's ADMM (Algorithm 1) on the exact or sampled program, squared loss;
+- ``admm``: the paper's ADMM (Algorithm 1) on the exact or sampled program, squared loss; for the hinge loss
+  and the robust (``epsilon > 0``) hinge program, ADMM with extra splitting (:class:`HingeADMM`);
 - ``clarabel``: the reference CVXPY + Clarabel solve, any loss and the robust program (one "iteration");
 - ``scp``: the sampled convex program without cone constraints (gated ReLU) by FISTA;
 - ``adam``: the non-convex network by full-batch Adam from several starts (the baseline).
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor
 
 from zoo.convex_relu.admm import ADMMSolver
+from zoo.convex_relu.admm_hinge import HingeADMM
 from zoo.convex_relu.fista import fista_gated
 from zoo.convex_relu.nonconvex import AdamRun, sequential_from_restart
 from zoo.convex_relu.patterns import add_bias, enumerate_arrangements, sample_arrangements
@@ -82,12 +84,20 @@ class PatternSolver(ConvexSolver):
 
 
 class ADMM(PatternSolver):
-    """The paper's Algorithm 1; stops when ``max(primal, dual residual) / max(1, ||u||) < tol`` (``tol > 0``)."""
+    """The paper's Algorithm 1 (squared loss) or :class:`HingeADMM` (hinge, robust hinge).
+
+    Stops when ``max(primal, dual residual) / max(1, ||v||) < tol`` (``tol > 0``)."""
 
     def __init__(self, model: ConvexReLU, x: Tensor, y: Tensor) -> None:
         super().__init__(model, x, y)
         assert self.masks is not None
-        self.run = ADMMSolver(self.xt, self.y, self.masks, self.beta_sum, self.hp.rho, self.hp.dual_step)
+        hp = self.hp
+        if hp.loss == "hinge":
+            self.run: ADMMSolver | HingeADMM = HingeADMM(
+                self.xt, self.y, self.masks, self.beta_sum, hp.rho, hp.dual_step, hp.epsilon, n_features=hp.input_dim
+            )
+        else:
+            self.run = ADMMSolver(self.xt, self.y, self.masks, self.beta_sum, hp.rho, hp.dual_step)
         self.state = self.run.init_state()
 
     def iterate(self, iterations: int) -> bool:
@@ -96,11 +106,13 @@ class ADMM(PatternSolver):
         v, w = self.run.split(self.state.v)
         self.export(v, w)
         self.iterations = self.state.iterations
-        rel = max(self.state.primal_residual, self.state.dual_residual) / max(1.0, float(self.state.u.norm()))
+        rel = max(self.state.primal_residual, self.state.dual_residual) / max(1.0, float(self.state.v.norm()))
         self.logs = {
             "train/primal_residual": self.state.primal_residual,
             "train/dual_residual": self.state.dual_residual,
-            "train/convex_objective": convex_objective(self.xt, self.y, self.masks, v, w, hp.beta, hp.loss, hp.reduction),
+            "train/convex_objective": convex_objective(
+                self.xt, self.y, self.masks, v, w, hp.beta, hp.loss, hp.reduction, hp.epsilon, n_features=hp.input_dim
+            ),
         }
         return hp.tol > 0 and rel < hp.tol
 

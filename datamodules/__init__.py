@@ -13,6 +13,7 @@ from zoo.datamodules.cifar import (
 )
 from zoo.datamodules.continual import SplitTasks
 from zoo.datamodules.digits import DigitsDataModule
+from zoo.datamodules.foundation_digits import FoundationDigitsDataModule
 from zoo.datamodules.least_squares import BCDDataModule
 from zoo.datamodules.longtail import longtail_counts, longtail_indices
 from zoo.datamodules.moons import MoonsDataModule
@@ -34,6 +35,7 @@ __all__ = [
     "CIFAR100LTDataModule",
     "CIFARDataModule",
     "DigitsDataModule",
+    "FoundationDigitsDataModule",
     "SyntheticBinaryDataModule",
     "SyntheticRouterScores",
     "ZipfTokenDataModule",

@@ -236,6 +236,17 @@ _ENTRIES: tuple[Entry, ...] = (
         card="bcd",
         summary="Greedy block coordinate descent (Gauss-Southwell, GSL, variable blocks, Newton updates).",
     ),
+    Entry(
+        name="foundation-lt",
+        paper="Rethinking the Bias of Foundation Model under Long-tailed Distribution",
+        arxiv="2501.15955",
+        kind="algorithm",
+        target="zoo.foundation_lt.BackdoorAdjustedEnsemble",
+        module="zoo.foundation_lt.LIFTFinetuner",
+        extra_modules=("zoo.foundation_lt.BackdoorAdjustedEnsemble",),
+        card="foundation-lt",
+        summary="LIFT fine-tuning (cosine head, logit-adjusted loss) per foundation model, then a backdoor-adjusted ensemble.",
+    ),
 )
 
 

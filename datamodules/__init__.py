@@ -18,6 +18,7 @@ from zoo.datamodules.least_squares import BCDDataModule
 from zoo.datamodules.longtail import longtail_counts, longtail_indices
 from zoo.datamodules.moons import MoonsDataModule
 from zoo.datamodules.multicolor import MultiColorDigitsDataModule
+from zoo.datamodules.multilabel import COCOPLTDataModule, SyntheticPLTDataModule, VOCPLTDataModule
 from zoo.datamodules.tabular import SyntheticBinaryDataModule
 from zoo.datamodules.tokens import SyntheticRouterScores, ZipfTokenDataModule
 from zoo.datamodules.ufm import UFMDataModule
@@ -29,6 +30,9 @@ __all__ = [
     "MoonsDataModule",
     "SplitTasks",
     "MultiColorDigitsDataModule",
+    "COCOPLTDataModule",
+    "SyntheticPLTDataModule",
+    "VOCPLTDataModule",
     "CIFAR10DataModule",
     "CIFAR10LTDataModule",
     "CIFAR100DataModule",

@@ -237,6 +237,15 @@ _ENTRIES: tuple[Entry, ...] = (
         summary="Greedy block coordinate descent (Gauss-Southwell, GSL, variable blocks, Newton updates).",
     ),
     Entry(
+        name="comic",
+        paper="Learning in Imperfect Environment: Multi-Label Classification with Long-Tailed Distribution and Partial Labels (COMIC)",
+        arxiv="2304.10539",
+        kind="module",
+        target="zoo.comic.COMICModule",
+        card="comic",
+        summary="Head, tail and balanced branches with the multi-focal modifier loss, label corrector and head-tail balancer.",
+    ),
+    Entry(
         name="foundation-lt",
         paper="Rethinking the Bias of Foundation Model under Long-tailed Distribution",
         arxiv="2501.15955",

@@ -39,6 +39,7 @@ HEAVY: dict[str, list[str]] = {
     "mtard/full_teacher.yaml": ["--model.init_args.attack_steps=1"],  # PGD-1 instead of PGD-10 on a WRN-50-2
     "alf-lb/full.yaml": ["--data.init_args.tokens_per_batch=1024", "--data.init_args.eval_tokens=1024"],
     "convex-relu/full.yaml": ["--model.init_args.iters_per_step=1"],
+    "comic/full.yaml": ["--data.init_args.image_size=64", "--data.init_args.imbalance_ratio=1"],  # 3 ResNet-50s at 448 x 448
 }
 
 
@@ -74,6 +75,11 @@ def cifar_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cifar")
     writers._write_cifar10(root)
     writers._write_cifar100(root)
+    spec = importlib.util.spec_from_file_location("balance_zoo_tests_multilabel", ROOT / "tests" / "datamodules" / "test_multilabel.py")
+    assert spec is not None and spec.loader is not None
+    multilabel = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(multilabel)
+    multilabel.write_coco(root)  # MS-COCO 2017 layout for cards/comic/full.yaml
     return root
 
 

@@ -16,7 +16,9 @@ An optional per-task input shift ``x' = scale_t * x + offset_t`` makes the input
 (and so BatchNorm's) differ between tasks. Task ``t`` is trained during epochs
 ``t*epochs_per_task .. (t+1)*epochs_per_task - 1``: the Trainer needs
 ``max_epochs = num_tasks * epochs_per_task`` and ``reload_dataloaders_every_n_epochs=1``,
-which :meth:`SplitTasks.setup` checks. ``online=True`` is one pass per task.
+which :meth:`SplitTasks.setup` checks. ``online=True`` is one pass per task;
+``iters_per_batch=k`` serves each incoming batch ``k`` times in a row (``k`` SGD steps per
+incoming batch, as online continual-learning code's "iterations per incoming batch").
 
 Callbacks see tasks through :func:`task_schedule` (current task, task ends), and
 ``val_dataloader`` / ``test_dataloader`` return one loader per task so the accuracy matrix
@@ -25,6 +27,7 @@ can be filled (:class:`zoo.callbacks.continual.ContinualEvaluation`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -32,7 +35,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule, Trainer
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from zoo.datamodules.digits import DigitsDataModule
 
@@ -114,6 +117,8 @@ class SplitTasks(LightningDataModule):
         online: one pass over each task (sets ``epochs_per_task`` to 1).
         epochs_per_task: passes over each task in the offline setting.
         batch_size: training batch (online continual learning uses ~10).
+        iters_per_batch: how many times each incoming training batch is served, consecutively
+            (several SGD steps per batch of the stream; the stream is still seen once).
         seed: seeds the class order, the permutations and the shuffling.
     """
 
@@ -130,13 +135,14 @@ class SplitTasks(LightningDataModule):
         epochs_per_task: int = 1,
         batch_size: int = 16,
         eval_batch_size: int = 512,
+        iters_per_batch: int = 1,
         seed: int = 0,
     ) -> None:
         super().__init__()
         if scenario not in ("class", "task", "domain"):
             raise ValueError(f"scenario must be 'class', 'task' or 'domain', got {scenario!r}")
-        if num_tasks < 1 or classes_per_task < 1 or epochs_per_task < 1 or batch_size < 1:
-            raise ValueError("num_tasks, classes_per_task, epochs_per_task and batch_size must be positive")
+        if num_tasks < 1 or classes_per_task < 1 or epochs_per_task < 1 or batch_size < 1 or iters_per_batch < 1:
+            raise ValueError("num_tasks, classes_per_task, epochs_per_task, batch_size and iters_per_batch must be positive")
         if input_shift is not None and (len(input_shift) != num_tasks or any(len(s) != 2 for s in input_shift)):
             raise ValueError(f"input_shift needs one [scale, offset] pair per task ({num_tasks}), got {input_shift}")
         self.base = base if base is not None else DigitsDataModule(seed=seed)
@@ -148,6 +154,7 @@ class SplitTasks(LightningDataModule):
         self.online = online
         self.epochs_per_task = 1 if online else epochs_per_task
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.iters_per_batch = iters_per_batch
         self.seed = seed
         self._split: _Split | None = None
 
@@ -258,10 +265,31 @@ class SplitTasks(LightningDataModule):
         epoch = trainer.current_epoch if trainer is not None else 0
         # a fresh order each epoch, the same one when a resumed run reloads that epoch
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return DataLoader(self.split.train[self.current_task], self.batch_size, shuffle=True, generator=generator)
+        dataset = self.split.train[self.current_task]
+        if self.iters_per_batch == 1:
+            return DataLoader(dataset, self.batch_size, shuffle=True, generator=generator)
+        sampler = _RepeatedBatches(len(dataset), self.batch_size, self.iters_per_batch, generator)  # type: ignore[arg-type]
+        return DataLoader(dataset, batch_sampler=sampler, generator=generator)  # the loader's seed, not the global RNG
 
     def val_dataloader(self) -> list[DataLoader]:
         return [DataLoader(ds, self.eval_batch_size) for ds in self.split.val]
 
     def test_dataloader(self) -> list[DataLoader]:
         return [DataLoader(ds, self.eval_batch_size) for ds in self.split.test]
+
+
+class _RepeatedBatches(Sampler[list[int]]):
+    """A seeded shuffled order cut into batches, each batch yielded ``repeats`` times in a row."""
+
+    def __init__(self, n: int, batch_size: int, repeats: int, generator: torch.Generator) -> None:
+        self.n, self.batch_size, self.repeats, self.generator = n, batch_size, repeats, generator
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        for start in range(0, self.n, self.batch_size):
+            batch = order[start : start + self.batch_size]
+            for _ in range(self.repeats):
+                yield batch
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size) * self.repeats

@@ -394,6 +394,10 @@ def convert_bn_to_adab2n(module: nn.Module, num_tasks: int, kappa: float = 1.0, 
 
 
 # ------------------------------------------------------------------------ the zoo module
+def _no_store(x: Tensor, y: Tensor) -> None:
+    """The replay buffer's ``add`` while an incoming batch is served again (it is stored once)."""
+
+
 class AdaB2NClassifier(ContinualClassifier):
     """:class:`zoo.templates.continual.ContinualClassifier` with every BatchNorm2d replaced by AdaB²N.
 
@@ -456,6 +460,18 @@ class AdaB2NClassifier(ContinualClassifier):
         self.net = convert_bn_to_adab2n(self.net, num_tasks, kappa, init_weight)
         if not adab2n_layers(self.net):
             raise ValueError(f"backbone {backbone!r} has no BatchNorm2d for AdaB2N to replace; use 'cnn' or a timm CNN")
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """ContinualClassifier's step; with a DataModule serving each incoming batch ``k`` times
+        (``SplitTasks(iters_per_batch=k)``), the batch enters the replay buffer at its last pass only."""
+        repeats = int(getattr(self.trainer.datamodule, "iters_per_batch", 1)) if self._trainer is not None else 1
+        if repeats == 1 or (batch_idx + 1) % repeats == 0:
+            return super().training_step(batch, batch_idx)
+        self.buffer.add = _no_store  # type: ignore[method-assign]  # an earlier pass: train on it, store it later
+        try:
+            return super().training_step(batch, batch_idx)
+        finally:
+            del self.buffer.add
 
     def setup(self, stage: str) -> None:
         """Refuse to fit AdaB²N layers that no callback feeds (counts, regularizer, task ends)."""

@@ -119,3 +119,20 @@ def test_trainer_settings_are_checked() -> None:
         _trainer(5).fit(_Linear(), dm)
     with pytest.raises(ValueError, match="reload_dataloaders_every_n_epochs=1"):
         _trainer(3, reload=0).fit(_Linear(), dm)
+
+
+def test_iters_per_batch_serves_each_incoming_batch_k_times_in_a_row() -> None:
+    dm = SplitTasks(online=True, batch_size=10, seed=3, iters_per_batch=3)
+    dm.setup()
+    batches = [x for x, _ in dm.train_dataloader()]
+    task = dm.split.train[0]
+    assert len(batches) == 3 * -(-len(task) // 10) == len(dm.train_dataloader())
+    for k in range(0, len(batches), 3):  # each incoming batch 3 times in a row
+        assert torch.equal(batches[k], batches[k + 1]) and torch.equal(batches[k], batches[k + 2])
+    incoming = torch.cat(batches[::3])
+    expected = torch.stack([task[i][0] for i in range(len(task))])
+    assert torch.equal(torch.sort(incoming.flatten(1), dim=0).values, torch.sort(expected.flatten(1), dim=0).values)  # one pass
+    again = [x for x, _ in dm.train_dataloader()]
+    assert all(torch.equal(a, b) for a, b in zip(batches, again))  # seeded
+    with pytest.raises(ValueError, match="iters_per_batch"):
+        SplitTasks(iters_per_batch=0)

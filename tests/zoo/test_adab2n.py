@@ -357,3 +357,23 @@ def test_fit_without_the_callback_is_one_clear_error(tmp_path) -> None:
         trainer.fit(AdaB2NClassifier(), data)
     trainer.fit(AdaB2NClassifier(norm="batchnorm"), data)  # the BatchNorm baseline needs no callback
     assert trainer.global_step == 1
+
+
+@pytest.mark.parametrize("iters", [1, 3])
+def test_repeated_incoming_batches_enter_the_buffer_once(tmp_path, iters: int) -> None:
+    from lightning.pytorch import Trainer
+
+    from zoo.datamodules.continual import SplitTasks
+    from zoo.datamodules.digits import DigitsDataModule
+
+    dm = SplitTasks(DigitsDataModule(flatten=False), num_tasks=2, classes_per_task=2, online=True, batch_size=10, iters_per_batch=iters)
+    model = AdaB2NClassifier(norm="batchnorm", num_tasks=2, num_classes=4)
+    trainer = Trainer(
+        max_epochs=2, reload_dataloaders_every_n_epochs=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(model, dm)
+    stream = sum(len(view) for view in dm.split.train)
+    assert model.buffer.seen == stream  # every example of the stream stored (or not) once
+    assert trainer.global_step == iters * sum(-(-len(view) // 10) for view in dm.split.train)
+    assert "add" not in vars(model.buffer)  # the buffer's own add is back

@@ -18,6 +18,7 @@ from zoo.datamodules.least_squares import BCDDataModule
 from zoo.datamodules.longtail import longtail_counts, longtail_indices
 from zoo.datamodules.moons import MoonsDataModule
 from zoo.datamodules.multicolor import MultiColorDigitsDataModule
+from zoo.datamodules.rbc import ChulaRBC12DataModule, OverlappingCellsDataModule, ShuffledTailDigitsDataModule
 from zoo.datamodules.multilabel import COCOPLTDataModule, SyntheticPLTDataModule, VOCPLTDataModule
 from zoo.datamodules.tabular import SyntheticBinaryDataModule
 from zoo.datamodules.tokens import SyntheticRouterScores, ZipfTokenDataModule
@@ -30,6 +31,9 @@ __all__ = [
     "MoonsDataModule",
     "SplitTasks",
     "MultiColorDigitsDataModule",
+    "ChulaRBC12DataModule",
+    "OverlappingCellsDataModule",
+    "ShuffledTailDigitsDataModule",
     "COCOPLTDataModule",
     "SyntheticPLTDataModule",
     "VOCPLTDataModule",

@@ -256,6 +256,17 @@ _ENTRIES: tuple[Entry, ...] = (
         card="foundation-lt",
         summary="LIFT fine-tuning (cosine head, logit-adjusted loss) per foundation model, then a backdoor-adjusted ensemble.",
     ),
+    Entry(
+        name="rbc",
+        paper="Red Blood Cell Segmentation with Overlapping Cell Separation and Classification on Imbalanced Dataset",
+        arxiv="2012.01321",
+        kind="algorithm",
+        target="zoo.rbc.RBCEllipseSegmenter",
+        module="zoo.rbc.RBCClassifier",
+        extra_modules=("zoo.rbc.SeparationCheck",),
+        card="rbc",
+        summary="Overlapping red cells split at concave points by directed ellipse fits; EfficientNet cell classifier with weight balancing.",
+    ),
 )
 
 

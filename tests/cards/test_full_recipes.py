@@ -80,6 +80,11 @@ def cifar_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     multilabel = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(multilabel)
     multilabel.write_coco(root)  # MS-COCO 2017 layout for cards/comic/full.yaml
+    spec = importlib.util.spec_from_file_location("balance_zoo_tests_rbc_data", ROOT / "tests" / "zoo" / "test_rbc_data.py")
+    assert spec is not None and spec.loader is not None
+    rbc_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rbc_data)
+    rbc_data.write_chula_rbc12(root)  # Chula RBC-12 layout for cards/rbc/full.yaml
     return root
 
 

@@ -19,7 +19,7 @@ from zoo.datamodules.longtail import longtail_counts, longtail_indices
 from zoo.datamodules.moons import MoonsDataModule
 from zoo.datamodules.multicolor import MultiColorDigitsDataModule
 from zoo.datamodules.rbc import ChulaRBC12DataModule, OverlappingCellsDataModule, ShuffledTailDigitsDataModule
-from zoo.datamodules.multilabel import COCOPLTDataModule, SyntheticPLTDataModule, VOCPLTDataModule
+from zoo.datamodules.multilabel import COCOPLTDataModule, MultiLabelDataModule, SyntheticPLTDataModule, VOCPLTDataModule
 from zoo.datamodules.tabular import SyntheticBinaryDataModule
 from zoo.datamodules.tokens import SyntheticRouterScores, ZipfTokenDataModule
 from zoo.datamodules.ufm import UFMDataModule
@@ -35,6 +35,7 @@ __all__ = [
     "OverlappingCellsDataModule",
     "ShuffledTailDigitsDataModule",
     "COCOPLTDataModule",
+    "MultiLabelDataModule",
     "SyntheticPLTDataModule",
     "VOCPLTDataModule",
     "CIFAR10DataModule",

@@ -10,6 +10,7 @@ from zoo.callbacks.dynamic_ema import DynamicEMA, TaskEndEMA
 from zoo.callbacks.neural_collapse import NeuralCollapseMonitor
 from zoo.callbacks.robustness import RobustnessEvaluation
 from zoo.callbacks.save_pretrained import SavePretrained
+from zoo.callbacks.sbcl import SubclassClustering
 from zoo.callbacks.stop_at_threshold import StopAtThreshold
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "RobustnessEvaluation",
     "StopAtThreshold",
     "SavePretrained",
+    "SubclassClustering",
     "TaskEndEMA",
 ]

@@ -12,6 +12,7 @@ from zoo.datamodules.cifar import (
     CIFARDataModule,
 )
 from zoo.datamodules.continual import SplitTasks
+from zoo.datamodules.contrastive import ContrastiveCIFARDataModule, ContrastiveDigitsDataModule
 from zoo.datamodules.digits import DigitsDataModule
 from zoo.datamodules.foundation_digits import FoundationDigitsDataModule
 from zoo.datamodules.least_squares import BCDDataModule
@@ -43,6 +44,8 @@ __all__ = [
     "CIFAR100DataModule",
     "CIFAR100LTDataModule",
     "CIFARDataModule",
+    "ContrastiveCIFARDataModule",
+    "ContrastiveDigitsDataModule",
     "DigitsDataModule",
     "FoundationDigitsDataModule",
     "SyntheticBinaryDataModule",

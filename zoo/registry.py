@@ -267,6 +267,16 @@ _ENTRIES: tuple[Entry, ...] = (
         card="rbc",
         summary="Overlapping red cells split at concave points by directed ellipse fits; EfficientNet cell classifier with weight balancing.",
     ),
+    Entry(
+        name="sbcl",
+        paper="Subclass-balancing Contrastive Learning for Long-tailed Recognition",
+        arxiv="2306.15925",
+        kind="loss",
+        target="zoo.sbcl.SBCLLoss",
+        module="zoo.sbcl.SBCLModule",
+        card="sbcl",
+        summary="Head classes re-clustered into tail-sized subclasses; a two-term contrastive loss balances subclasses, then a balanced probe.",
+    ),
 )
 
 

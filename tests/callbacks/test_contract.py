@@ -43,6 +43,7 @@ from zoo.callbacks import (
     RobustnessEvaluation,
     SavePretrained,
     StopAtThreshold,
+    SubclassClustering,
     TaskEndEMA,
 )
 from zoo.registry import import_object, list_entries
@@ -134,6 +135,23 @@ class ForeignCNN(ForeignClassifier):
         self.net = convert_bn_to_adab2n(net, num_tasks=3, kappa=0.4)
 
 
+class ForeignSubclassed(ForeignClassifier):
+    """The foreign classifier with SubclassClustering's one extension point, ``set_subclasses``: the least it needs."""
+
+    def set_subclasses(self, subclass_targets: Tensor, temperature_scales: Tensor) -> None:
+        self.subclasses = (subclass_targets, temperature_scales)
+
+
+class BlobsInOrder(LightningDataModule):
+    """Blob data (class 0 twice the size of the others) with ``eval_train_dataloader()``: what SubclassClustering embeds."""
+
+    def train_dataloader(self) -> DataLoader:
+        return blob_loader(n_per_class=(32, 16, 16))
+
+    def eval_train_dataloader(self) -> DataLoader:
+        return blob_loader(n_per_class=(32, 16, 16))
+
+
 # ------------------------------------------------------------- builders (module level: DDP pickles them)
 def _plain(callback: Callback, **trainer: object) -> Job:
     return Job(ForeignClassifier(), [callback], {"train_dataloaders": blob_loader()}, dict(trainer))
@@ -177,6 +195,10 @@ def build_save_pretrained() -> Job:
     return Job(AnyLossClassifier(input_dim=8), [callback], {"train_dataloaders": blob_loader(n_per_class=(32, 32))})
 
 
+def build_subclass_clustering() -> Job:
+    return Job(ForeignSubclassed(), [SubclassClustering(every_n_epochs=1, warmup_epochs=1)], {"datamodule": BlobsInOrder()})
+
+
 def build_stop_at_threshold() -> Job:
     return _plain(StopAtThreshold("train_loss", threshold=0.3, mode="min"))  # the per-step loss first dips under 0.3 at step 8
 
@@ -215,6 +237,11 @@ def _stopped(cb: StopAtThreshold) -> None:
     assert cb.stopped_step == 8  # the last step of epoch 1 of 3: training ended there
 
 
+def _clustered(cb: SubclassClustering) -> None:
+    assert cb.clustered_epochs == [1, 2] and cb.counts == [2, 1, 1] and cb.subclass_targets is not None
+    assert set(cb.subclass_targets[:32].tolist()) == {0, 1} and set(cb.subclass_targets[32:].tolist()) == {2, 3}
+
+
 def _nothing(cb: Callback) -> None:
     """RobustnessEvaluation keeps no state; its metrics are the evidence."""
 
@@ -244,6 +271,9 @@ SPECS: dict[type[Callback], Spec] = {
     AuxFreeLoadBalancing: Spec(build_alf_lb, _bias_moved, ("alf_lb/maxvio",), needs="has no router to balance"),  # type: ignore[arg-type]
     SavePretrained: Spec(build_save_pretrained, _published, needs="needs a zoo.ZooModule"),  # type: ignore[arg-type]
     StopAtThreshold: Spec(build_stop_at_threshold, _stopped, ("train_loss",), ("train_loss",), crash_epoch=1),  # type: ignore[arg-type]
+    SubclassClustering: Spec(  # type: ignore[arg-type]
+        build_subclass_clustering, _clustered, ("sbcl/num_subclasses",), needs="needs a module with set_subclasses"
+    ),
     AdaB2NCallback: Spec(  # type: ignore[arg-type]
         build_adab2n, _tasks_ended, ("train/adab2n_penalty",), ("train/adab2n_penalty", "running_"), needs="no AdaB2N layer; convert its BatchNorm2d first"
     ),

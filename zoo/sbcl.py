@@ -25,6 +25,8 @@ Deviations and guesses, named:
   warm-up; the same epochs with the defaults 10 and 10); before it, plain SupCon on class labels.
 - The SupCon baseline (and the warm-up) uses the official ``SupConLoss`` defaults: tau = base
   tau = 0.1, so its loss is not rescaled.
+- ``optimizer="sgd"`` is the official SGD with a cosine schedule to lr * 1e-3, without its
+  10-epoch linear learning-rate warm-up.
 
 >>> import torch
 >>> z = torch.nn.functional.normalize(torch.randn(4, 2, 8), dim=-1)

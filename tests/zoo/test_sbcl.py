@@ -58,7 +58,7 @@ def _naive_sbcl(z: torch.Tensor, y: torch.Tensor, s: torch.Tensor, taus: torch.T
 
 
 def test_subclass_counts_by_hand() -> None:
-    # the brief's digits profile: n_min = 6 < k = 10, so subclasses hold about 10 images
+    # a ratio-20 digits profile: n_min = 6 < k = 10, so subclasses hold about 10 images
     assert subclass_counts([120, 86, 61, 44, 31, 22, 16, 11, 8, 6], 10) == [12, 8, 6, 4, 3, 2, 1, 1, 1, 1]
     assert subclass_counts([50, 20, 10], 5) == [5, 2, 1]  # n_min = 10 > k: subclasses of the tail's size
     with pytest.raises(ValueError, match="at least one"):

@@ -7,7 +7,8 @@ eigendecomposition and the projection of the held features on at most ``K - 1`` 
 no ``d x d`` product), and Lightning's logging of four values; the ratio shows what measuring neural collapse
 at every epoch costs on a small model, the worst case (with ``every_n_epochs=10``, the default, it
 is a tenth of the extra time). Runs alternate (after one warm-up each) and the medians are
-compared; on a shared machine use more ``--repeats``.
+compared, in wall-clock time and in the process's CPU time; on a shared machine the wall-clock
+ratio moves with the other load (the CPU-time ratio much less), so use more ``--repeats``.
 
     python -m benchmarks.callback_overhead [--epochs 10] [--repeats 5] [--hidden 256] [--threads 1]
 """
@@ -32,15 +33,16 @@ def digits_mlp(hidden: int) -> PlainClassifier:
     return PlainClassifier(nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10)))
 
 
-def fit_seconds(monitor: bool, epochs: int, hidden: int) -> tuple[float, int]:
+def fit_seconds(monitor: bool, epochs: int, hidden: int) -> tuple[float, float, int]:
+    """Wall-clock and CPU seconds of one ``fit`` (CPU time ignores the time other processes hold the cores), and the measurements made."""
     seed_everything(0, verbose=False)
     callbacks = [NeuralCollapseMonitor(every_n_epochs=1, classifier=["net.4"])] if monitor else []
     trainer = bare_trainer(max_epochs=epochs, callbacks=callbacks)
     model, data = digits_mlp(hidden), DigitsDataModule(batch_size=64, seed=0)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trainer.fit(model, data)
-    seconds = time.perf_counter() - start
-    return seconds, len(callbacks[0].history) if monitor else 0
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return seconds, cpu, len(callbacks[0].history) if monitor else 0
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -56,12 +58,14 @@ def main(argv: list[str] | None = None) -> float:
     fit_seconds(True, 1, args.hidden)  # warm-up: imports, first-call costs
     fit_seconds(False, 1, args.hidden)
     times: dict[str, list[float]] = {"on": [], "off": []}
+    cpu: dict[str, list[float]] = {"on": [], "off": []}
     for i in range(args.repeats):
         for arm in (("on", "off") if i % 2 == 0 else ("off", "on")):
-            seconds, measured = fit_seconds(arm == "on", args.epochs, args.hidden)
+            seconds, cpu_seconds, measured = fit_seconds(arm == "on", args.epochs, args.hidden)
             if arm == "on":
                 assert measured == args.epochs, "the monitor must measure every epoch"
             times[arm].append(seconds)
+            cpu[arm].append(cpu_seconds)
     on, off = statistics.median(times["on"]), statistics.median(times["off"])
     ratio = on / off
     print(
@@ -69,6 +73,8 @@ def main(argv: list[str] | None = None) -> float:
         f"median of {args.repeats}: with NeuralCollapseMonitor(every_n_epochs=1) {on:.2f} s, without {off:.2f} s"
     )
     print(f"training time ratio (on / off): {ratio:.2f}")
+    cpu_on, cpu_off = statistics.median(cpu["on"]), statistics.median(cpu["off"])
+    print(f"CPU time: with {cpu_on:.2f} s, without {cpu_off:.2f} s, ratio (on / off): {cpu_on / cpu_off:.2f}")
     return ratio
 
 

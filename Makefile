@@ -36,6 +36,8 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.sinkgd
 	$(PY) -m benchmarks.alf_lb
 	$(PY) -m benchmarks.bcd
+	$(PY) -m benchmarks.rbc
+	$(PY) -m benchmarks.sbcl
 
 ## Every entry's claim check, or one: make reproduce ENTRY=anyloss; on fresh seeds: SEED_OFFSET=100.
 ## Writes runs/reproduce/NAME.json + .png and copies the picture to cards/NAME/claim.png (claim seeds

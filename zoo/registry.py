@@ -277,6 +277,15 @@ _ENTRIES: tuple[Entry, ...] = (
         card="foundation-lt",
         summary="LIFT fine-tuning (cosine head, logit-adjusted loss) per foundation model, then a backdoor-adjusted ensemble.",
     ),
+    Entry(
+        name="ftwt",
+        paper="Fire Together Wire Together: A Dynamic Pruning Approach with Self-Supervised Mask Prediction",
+        arxiv="2110.08232",
+        kind="module",
+        target="zoo.ftwt.FTWTClassifier",
+        card="ftwt",
+        summary="Per-layer mask predictors trained on a self-supervised heatmap-mass target; FLOPs of the executed convolutions.",
+    ),
 )
 
 

@@ -33,7 +33,7 @@ from zoo.convex_relu import (
     to_sequential,
     train_nonconvex,
 )
-from zoo.convex_relu.admm_hinge import MAX_UNKNOWNS, HingeADMM, hinge_prox
+from zoo.convex_relu.admm_hinge import MAX_UNKNOWNS, HingeADMM, hinge_prox, robust_cone_depth
 from zoo.datamodules.moons import MoonsDataModule
 
 cp = pytest.importorskip("cvxpy")
@@ -317,6 +317,35 @@ def test_hinge_and_robust_admm_reach_clarabel(epsilon: float, rel: float) -> Non
     value = convex_objective(xt, y, masks, v, w, 0.1, "hinge", epsilon=epsilon, n_features=2)
     assert abs(value - optimum) <= rel * optimum
     assert cone_violation(xt, masks, v, w, epsilon, n_features=2) < 1e-3
+
+
+@pytest.mark.parametrize(("epsilon", "depths"), [(0.5, [1.0, 0.5, 0.5, 1.0]), (1.0, [1.0, 0.0, 0.0, 1.0])])
+def test_robust_cone_depth_hand_checked(epsilon: float, depths: list[float]) -> None:
+    """x~ = (-1, 1), (1, 1). Patterns (both on / first / second / none): the mixed ones need (1 - eps) |u_1| >= s from
+    the sum of their two rows, so they are eps |u_1| = 0.5 deep at u = (-+1, 0) and flat at eps = 1; the others reach u = (0, +-1)."""
+    xt = np.array([[-1.0, 1.0], [1.0, 1.0]])
+    masks = np.array([[1, 1], [1, 0], [0, 1], [0, 0]], dtype=bool)
+    got = [robust_cone_depth(xt, m, epsilon, 1) for m in masks]
+    assert got == pytest.approx(depths, abs=1e-9)
+
+
+def test_robust_admm_drops_flat_cones_and_reaches_clarabel() -> None:
+    """At eps = 1 on x = -1, 1 (the previous test's points) the two mixed patterns have no interior: ADMM drops them,
+    keeps their groups at 0, and still lands just above the optimum of the full program: with y = +1 on both points,
+    v_0 = (0, 1) (a constant output 1, no slope) gives 0 hinge loss plus beta = 0.1, which Clarabel confirms."""
+    xt = torch.tensor([[-1.0, 1.0], [1.0, 1.0]], dtype=D64)
+    y = torch.tensor([1.0, 1.0], dtype=D64)
+    masks = torch.tensor([[1, 1], [1, 0], [0, 1], [0, 0]], dtype=torch.bool)
+    _, _, optimum = solve_cvxpy(xt, y, masks, 0.1, "hinge", 1.0, n_features=1, tol_gap_abs=1e-10, tol_gap_rel=1e-10)
+    admm = HingeADMM(xt, y, masks, 0.1, rho=1.0, epsilon=1.0, n_features=1)
+    assert admm.dropped_patterns == 2 and admm.kept.tolist() == [0, 3]
+    assert HingeADMM(xt, y, masks, 0.1, epsilon=0.5, n_features=1).dropped_patterns == 0
+    v, w = admm.split(admm.iterate(admm.init_state(), 2000).v)
+    assert float(v[1:3].abs().sum() + w[1:3].abs().sum()) == 0.0
+    value = convex_objective(xt, y, masks, v, w, 0.1, "hinge", epsilon=1.0, n_features=1)
+    assert optimum == pytest.approx(0.1, rel=1e-6)
+    assert optimum - 1e-6 <= value <= optimum * (1 + 1e-4)
+    assert cone_violation(xt, masks, v, w, 1.0, 1) < 1e-6
 
 
 def test_pgd_adversarial_training_picks_its_start_by_the_adversarial_objective() -> None:

@@ -22,14 +22,35 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 import torch
+from scipy.optimize import linprog
 from torch import Tensor
 
 from zoo.convex_relu.patterns import DTYPE
 
-__all__ = ["HingeADMM", "HingeADMMState", "MAX_UNKNOWNS", "hinge_prox"]
+__all__ = ["HingeADMM", "HingeADMMState", "INTERIOR_TOL", "MAX_UNKNOWNS", "hinge_prox", "robust_cone_depth"]
 
 #: Largest dense system (unknowns) the hinge/robust ADMM factors; beyond it use fewer hyperplanes or Clarabel.
 MAX_UNKNOWNS = 8000
+#: A robust cone whose depth (:func:`robust_cone_depth`) is at most this has no interior; ADMM drops its pattern.
+INTERIOR_TOL = 1e-7
+
+
+def robust_cone_depth(x: np.ndarray, mask: np.ndarray, epsilon: float, k: int) -> float:
+    """``max s`` s.t. ``(2 D - I) X~ u - epsilon ||u[:k]||_1 >= s`` (every row), ``||u||_inf <= 1``: 0 iff the cone has no interior.
+
+    An LP in ``(u, t, s)`` with ``t >= |u[:k]|``; ``u = 0`` is feasible, so the depth is >= 0."""
+    n, d = x.shape
+    e = (2 * mask.astype(float) - 1)[:, None] * x  # rows (2 D_i - I) x~_i
+    cone = np.hstack([-e, np.full((n, k), epsilon), np.ones((n, 1))])  # -(e u) + eps 1^T t + s <= 0
+    eye = np.eye(d)[:k]
+    absval = np.vstack([np.hstack([eye, -np.eye(k), np.zeros((k, 1))]), np.hstack([-eye, -np.eye(k), np.zeros((k, 1))])])
+    cost = np.zeros(d + k + 1)
+    cost[-1] = -1.0
+    bounds = [(-1.0, 1.0)] * d + [(0.0, None)] * k + [(None, None)]
+    res = linprog(cost, A_ub=np.vstack([cone, absval]), b_ub=np.zeros(n + 2 * k), bounds=bounds, method="highs")
+    if res.status != 0:
+        raise RuntimeError(f"the robust-cone depth LP failed ({res.message}); check the inputs for NaN/inf")
+    return float(-res.fun)
 
 
 def hinge_prox(q: Tensor, rho: float | Tensor) -> Tensor:
@@ -109,6 +130,9 @@ class HingeADMM:
     3. ``z <- `` :func:`hinge_prox` of ``A x + mu`` (row-scaled); ``s <- max(0, B x + nu)``;
     4. ``lam += dual_step (u - v)``, ``mu += dual_step (A x - z)``, ``nu += dual_step (B x - s)``.
 
+    With ``epsilon > 0``, patterns whose robust cone has no interior (:func:`robust_cone_depth` at most
+    ``interior_tol``) are dropped before the splitting and their groups stay 0 (``dropped_patterns`` counts
+    them): on such cones ADMM settles at an infeasible point below the optimum instead of converging.
     Rows of ``A`` and ``B`` are scaled to unit norm (the same constraints, better conditioned) and steps 2-4
     use over-relaxation ``relax`` (Boyd et al. 2011, Sec. 3.4.3; 1: none).
     ``x`` includes the bias column; the robust terms cover its first ``n_features`` columns (the inputs).
@@ -116,7 +140,7 @@ class HingeADMM:
 
     def __init__(
         self, x: Tensor, y: Tensor, masks: Tensor, beta: float, rho: float = 1.0, dual_step: float = 1.0, epsilon: float = 0.0,
-        n_features: int | None = None, relax: float = 1.6,
+        n_features: int | None = None, relax: float = 1.6, interior_tol: float = INTERIOR_TOL,
     ) -> None:
         if rho <= 0 or beta < 0 or dual_step <= 0 or epsilon < 0 or not 0 < relax < 2:
             raise ValueError(
@@ -129,21 +153,27 @@ class HingeADMM:
         self.num_patterns, self.d, self.k, self.n = len(masks), d, k, n
         self.beta, self.rho, self.dual_step, self.epsilon = float(beta), float(rho), float(dual_step), float(epsilon)
         self.relax = float(relax)
-        self.num_unknowns = 2 * len(masks) * (d + k) + n * k
+        xn, yn, mn = x.detach().cpu().double().numpy(), y.detach().cpu().double().numpy(), masks.detach().cpu().numpy()
+        keep_pattern = np.ones(len(mn), dtype=bool)
+        if k:  # drop the patterns whose robust cone has an empty interior (their groups stay 0)
+            keep_pattern = np.array([robust_cone_depth(xn, m, self.epsilon, k) > interior_tol for m in mn], dtype=bool)
+        self.kept = torch.from_numpy(np.flatnonzero(keep_pattern)).to(x.device)
+        self.dropped_patterns = int((~keep_pattern).sum())
+        mn = mn[keep_pattern]
+        self.num_unknowns = 2 * len(mn) * (d + k) + n * k
         if self.num_unknowns > MAX_UNKNOWNS:
             raise ValueError(
                 f"the hinge/robust ADMM factors a dense {self.num_unknowns}-unknown system (limit {MAX_UNKNOWNS}): "
                 "use arrangements='sampled' with fewer num_hyperplanes, or solver='clarabel'"
             )
-        xn, yn = x.detach().cpu().double().numpy(), y.detach().cpu().double().numpy()
-        a, b = _operators(xn, yn, masks.detach().cpu().numpy(), self.epsilon, k)
+        a, b = _operators(xn, yn, mn, self.epsilon, k)
         a_norm = np.sqrt(np.asarray(a.multiply(a).sum(1))).ravel()
         b_norm = np.sqrt(np.asarray(b.multiply(b).sum(1))).ravel()
         keep = b_norm > 0
         a = sp.diags(1 / np.maximum(a_norm, 1e-300)) @ a
         b = (sp.diags(1 / np.maximum(b_norm, 1e-300)) @ b)[keep]
         system = (a.T @ a + b.T @ b).toarray()
-        self.nu_ = 2 * len(masks) * d
+        self.nu_ = 2 * len(mn) * d
         system[np.arange(self.nu_), np.arange(self.nu_)] += 1.0
         device = x.device
         self.scale = torch.from_numpy(a_norm).to(device)  # margin_i = scale_i * (A^ x)_i
@@ -153,7 +183,7 @@ class HingeADMM:
 
     def init_state(self) -> HingeADMMState:
         zeros = lambda *shape: torch.zeros(*shape, dtype=DTYPE, device=self.a.device)  # noqa: E731
-        p2, m = 2 * self.num_patterns, self.b.shape[0]
+        p2, m = 2 * len(self.kept), self.b.shape[0]
         return HingeADMMState(zeros(self.num_unknowns), zeros(p2, self.d), zeros(self.n), zeros(m), zeros(p2, self.d), zeros(self.n), zeros(m))
 
     def _prox_margin(self, q: Tensor) -> Tensor:
@@ -185,8 +215,11 @@ class HingeADMM:
         return HingeADMMState(x, v, z, s, lam, mu, nu, state.iterations + iterations, primal, dual)
 
     def split(self, groups: Tensor) -> tuple[Tensor, Tensor]:
-        """``(v, w)``: the ``2P`` stacked groups back into the two halves."""
-        return groups[: self.num_patterns], groups[self.num_patterns :]
+        """``(v, w)``: the stacked groups of the kept patterns back into two ``(P, d)`` halves (dropped patterns: 0)."""
+        half = len(self.kept)
+        v, w = (groups.new_zeros(self.num_patterns, self.d) for _ in range(2))
+        v[self.kept], w[self.kept] = groups[:half], groups[half:]
+        return v, w
 
 
 def _csr(m: sp.csr_matrix) -> Tensor:

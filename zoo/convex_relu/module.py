@@ -19,7 +19,7 @@ __all__ = ["TRAIN_METRICS", "ConvexReLU"]
 #: Every metric the training step logs (NaN where it does not apply), so arms are comparable.
 TRAIN_METRICS = (
     "train/objective", "train/convex_objective", "train/objective_gap", "train/objective_median", "train/objective_worst",
-    "train/width", "train/num_patterns", "train/cone_violation", "train/dropped_neurons", "train/primal_residual",
+    "train/width", "train/num_patterns", "train/cone_violation", "train/dropped_neurons", "train/dropped_patterns", "train/primal_residual",
     "train/dual_residual", "train/iterations", "train/solve_seconds", "train/acc", "train/pgd_acc", "train/certified_acc",
 )
 

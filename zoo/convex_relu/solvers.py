@@ -110,6 +110,8 @@ class ADMM(PatternSolver):
         self.logs = {
             "train/primal_residual": self.state.primal_residual,
             "train/dual_residual": self.state.dual_residual,
+            # patterns whose robust cone has no interior, dropped before the splitting (HingeADMM, epsilon > 0)
+            "train/dropped_patterns": float(getattr(self.run, "dropped_patterns", 0)),
             "train/convex_objective": convex_objective(
                 self.xt, self.y, self.masks, v, w, hp.beta, hp.loss, hp.reduction, hp.epsilon, n_features=hp.input_dim
             ),

@@ -286,6 +286,16 @@ _ENTRIES: tuple[Entry, ...] = (
         card="ftwt",
         summary="Per-layer mask predictors trained on a self-supervised heatmap-mass target; FLOPs of the executed convolutions.",
     ),
+    Entry(
+        name="ccl",
+        paper="Counter-Current Learning: A Biologically Plausible Dual Network Approach for Deep Learning",
+        arxiv="2409.19841",
+        kind="module",
+        target="zoo.ccl.CounterCurrentClassifier",
+        extra_modules=("zoo.ccl.CounterCurrentAutoencoder",),
+        card="ccl",
+        summary="Anti-parallel forward and feedback nets trained by layer-local losses: no gradient crosses a layer.",
+    ),
 )
 
 

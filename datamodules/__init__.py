@@ -20,6 +20,7 @@ from zoo.datamodules.longtail import longtail_counts, longtail_indices
 from zoo.datamodules.moons import MoonsDataModule
 from zoo.datamodules.multicolor import MultiColorDigitsDataModule
 from zoo.datamodules.multilabel import COCOPLTDataModule, MultiLabelDataModule, SyntheticPLTDataModule, VOCPLTDataModule
+from zoo.datamodules.multimodal import CREMADDataModule, KineticsSoundsDataModule, MultimodalDigitsDataModule
 from zoo.datamodules.rbc import ChulaRBC12DataModule, OverlappingCellsDataModule, ShuffledTailDigitsDataModule
 from zoo.datamodules.tabular import SyntheticBinaryDataModule
 from zoo.datamodules.tokens import SyntheticRouterScores, ZipfTokenDataModule
@@ -36,6 +37,9 @@ __all__ = [
     "OverlappingCellsDataModule",
     "ShuffledTailDigitsDataModule",
     "COCOPLTDataModule",
+    "CREMADDataModule",
+    "KineticsSoundsDataModule",
+    "MultimodalDigitsDataModule",
     "MultiLabelDataModule",
     "SyntheticPLTDataModule",
     "VOCPLTDataModule",

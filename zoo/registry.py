@@ -278,6 +278,16 @@ _ENTRIES: tuple[Entry, ...] = (
         summary="LIFT fine-tuning (cosine head, logit-adjusted loss) per foundation model, then a backdoor-adjusted ensemble.",
     ),
     Entry(
+        name="arl",
+        paper="Improving Multimodal Learning via Imbalanced Learning (ARL)",
+        arxiv="2507.10203",
+        kind="module",
+        target="zoo.arl.ARL",
+        module="zoo.arl.ARLClassifier",
+        card="arl",
+        summary="Shared-head unimodal losses and inverse-variance gradient re-weighting of each modality's encoder.",
+    ),
+    Entry(
         name="ftwt",
         paper="Fire Together Wire Together: A Dynamic Pruning Approach with Self-Supervised Mask Prediction",
         arxiv="2110.08232",

@@ -85,6 +85,11 @@ def cifar_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rbc_data = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(rbc_data)
     rbc_data.write_chula_rbc12(root)  # Chula RBC-12 layout for cards/rbc/full.yaml
+    spec = importlib.util.spec_from_file_location("balance_zoo_tests_multimodal", ROOT / "tests" / "datamodules" / "test_multimodal.py")
+    assert spec is not None and spec.loader is not None
+    multimodal = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(multimodal)
+    multimodal.write_cremad(root)  # CREMA-D layout (AudioWAV/, Image-01-FPS/, train.csv, test.csv) for cards/arl/full.yaml
     return root
 
 

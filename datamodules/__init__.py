@@ -25,11 +25,14 @@ from zoo.datamodules.rbc import ChulaRBC12DataModule, OverlappingCellsDataModule
 from zoo.datamodules.tabular import SyntheticBinaryDataModule
 from zoo.datamodules.tokens import SyntheticRouterScores, ZipfTokenDataModule
 from zoo.datamodules.ufm import UFMDataModule
+from zoo.datamodules.video import MovingDigitsDataModule, UCF101DataModule
 
 __all__ = [
     "AssociativeMemoryDataModule",
     "BCDDataModule",
     "UFMDataModule",
+    "MovingDigitsDataModule",
+    "UCF101DataModule",
     "MoonsDataModule",
     "SplitTasks",
     "MultiColorDigitsDataModule",

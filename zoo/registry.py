@@ -278,6 +278,15 @@ _ENTRIES: tuple[Entry, ...] = (
         summary="LIFT fine-tuning (cosine head, logit-adjusted loss) per foundation model, then a backdoor-adjusted ensemble.",
     ),
     Entry(
+        name="vididi",
+        paper="ViDiDi: Unfolding Videos Dynamics via Taylor Expansion",
+        arxiv="2409.02371",
+        kind="module",
+        target="zoo.vididi.ViDiDi",
+        card="vididi",
+        summary="Temporal-derivative views (orders 0-2) of clips through one encoder, balanced alternating pairs, on VICReg/BYOL/SimCLR.",
+    ),
+    Entry(
         name="arl",
         paper="Improving Multimodal Learning via Imbalanced Learning (ARL)",
         arxiv="2507.10203",

@@ -40,6 +40,7 @@ HEAVY: dict[str, list[str]] = {
     "alf-lb/full.yaml": ["--data.init_args.tokens_per_batch=1024", "--data.init_args.eval_tokens=1024"],
     "convex-relu/full.yaml": ["--model.init_args.iters_per_step=1"],
     "comic/full.yaml": ["--data.init_args.image_size=64", "--data.init_args.imbalance_ratio=1"],  # 3 ResNet-50s at 448 x 448
+    "vididi/full.yaml": ["--data.init_args.size=32"],  # R3D-18 on 18 frames of 112 x 112, and a kNN bank
 }
 
 
@@ -90,6 +91,11 @@ def cifar_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     multimodal = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(multimodal)
     multimodal.write_cremad(root)  # CREMA-D layout (AudioWAV/, Image-01-FPS/, train.csv, test.csv) for cards/arl/full.yaml
+    spec = importlib.util.spec_from_file_location("balance_zoo_tests_video", ROOT / "tests" / "datamodules" / "test_video.py")
+    assert spec is not None and spec.loader is not None
+    video = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(video)
+    video.write_ucf101(root)  # UCF101 layout (UCF-101/, ucfTrainTestlist/) for cards/vididi/full.yaml
     return root
 
 

@@ -16,6 +16,8 @@ Choices where the paper is silent or the code differs:
 - the feedback net is fed the ``K x K`` identity (one prototype per class, as the official
   classification code), and pairs compare through the ``B x K`` similarity ``a_l c_l^T`` against
   the one-hot labels, scaled by ``256 * loss_scale_C / d_l`` (``utils/loss.py``);
+- ``filter_target > 0`` only switches the confident-sample filter on (true-class probability
+  above 0.9, a fixed 0.1 as in ``utils/loss.py``), whatever its value;
 - the learning rate follows a per-epoch cosine to ``eta_min`` (``cosine=True``); the official MLP
   yamls set ``tmax: 0`` (constant rate); set ``cosine=false`` for that;
 - the autoencoder variant is an MLP version of the code's convolutional ``main_ae.py``: the
@@ -88,11 +90,14 @@ def similarity_loss(a: Tensor, c: Tensor, target: Tensor, scale: float = 0.5) ->
 
 
 def confident_mask(logits: Tensor, y: Tensor, filter_target: float) -> Tensor:
-    """1 for samples still to learn, 0 where ``|softmax - onehot| < filter_target`` everywhere (``filter_target``)."""
+    """(B, 1): 0 for samples whose true-class probability is already within 0.1 of 1, else 1 (official ``filter_target``).
+
+    As in ``utils/loss.py``, ``filter_target`` only switches the filter on (any value > 0); the 0.1 is fixed.
+    """
     if filter_target <= 0:
         return torch.ones(len(y), 1, device=logits.device, dtype=logits.dtype)
-    gap = (logits.detach().softmax(-1) - F.one_hot(y, logits.shape[-1]).to(logits.dtype)).abs()
-    return (gap.max(-1).values >= filter_target).to(logits.dtype).unsqueeze(1)
+    p_true = logits.detach().softmax(-1).gather(1, y.unsqueeze(1))
+    return ((1 - p_true) >= 0.1).to(logits.dtype)
 
 
 def ccl_classification_loss(
@@ -218,10 +223,9 @@ class _DualNetMixin:
         opt_F.zero_grad()
         opt_B.zero_grad()
         self.manual_backward(loss)  # type: ignore[attr-defined]
-        if h.grad_clip_F > 0:
-            nn.utils.clip_grad_norm_(net.forward_params(), h.grad_clip_F)
-        if h.grad_clip_B > 0:
-            nn.utils.clip_grad_norm_(net.backward_params(), h.grad_clip_B)
+        for opt, clip in ((opt_F, h.grad_clip_F), (opt_B, h.grad_clip_B)):  # each net clipped on its own
+            if clip > 0:
+                self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")  # type: ignore[attr-defined]
         opt_F.step()
         opt_B.step()
 
@@ -240,7 +244,7 @@ class CounterCurrentClassifier(_DualNetMixin, ClassifierModule):
         act / bias: activation of hidden layers in both nets; biases (official: none).
         lr_F / lr_B, momentum_F / momentum_B, wd: SGD of the forward and the feedback net.
         grad_clip_F / grad_clip_B: gradient-norm clip per net (0 = off).
-        loss_scale_C: the local loss's scale; filter_target: drop confident samples from local losses.
+        loss_scale_C: the local loss's scale; filter_target: > 0 drops samples already learnt (p_y > 0.9) from the local losses.
         warmup_steps: linear loss warm-up; cosine / eta_min: per-epoch cosine learning rate.
     """
 

@@ -104,6 +104,10 @@ def test_confident_mask_drops_samples_already_learnt() -> None:
     y = torch.tensor([0, 0, 0])
     assert confident_mask(logits, y, 0.1).flatten().tolist() == [0.0, 1.0, 1.0]
     assert confident_mask(logits, y, 0.0).flatten().tolist() == [1.0, 1.0, 1.0]
+    # p_y = 0.85: still learnt from, whatever the switch's value (the official 0.1 is fixed)
+    p85 = torch.tensor([[0.85, 0.15]]).log()
+    assert confident_mask(p85, torch.tensor([0]), 0.2).item() == 1.0
+    assert confident_mask(torch.tensor([[0.95, 0.05]]).log(), torch.tensor([0]), 0.2).item() == 0.0
 
 
 def test_autoencoder_loss_by_hand_and_locality() -> None:
@@ -167,3 +171,27 @@ def test_autoencoder_reconstructs_better_than_at_init() -> None:
     _fit(model, 5)
     with torch.no_grad():
         assert float(F.mse_loss(model(data), data)) < 0.8 * start
+
+
+def _first_update(**kwargs: float) -> tuple[float, float]:
+    """Norms of the forward and feedback nets' change after one training batch."""
+    L.seed_everything(0)
+    model = CounterCurrentClassifier([64, 16, 10], momentum_F=0.0, momentum_B=0.0, **kwargs)
+    f0 = torch.cat([p.detach().flatten().clone() for p in model.net.forward_params()])
+    b0 = torch.cat([p.detach().flatten().clone() for p in model.net.backward_params()])
+    trainer = L.Trainer(
+        max_epochs=1, limit_train_batches=1, limit_val_batches=0,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(model, DigitsDataModule(64, 0, 0.05, 0.3, normalize=False))
+    f1 = torch.cat([p.detach().flatten() for p in model.net.forward_params()])
+    b1 = torch.cat([p.detach().flatten() for p in model.net.backward_params()])
+    return float((f1 - f0).norm()), float((b1 - b0).norm())
+
+
+def test_each_net_is_clipped_on_its_own_and_warmup_scales_the_loss() -> None:
+    f, b = _first_update(lr_F=1.0, lr_B=1.0, grad_clip_F=1e-3, grad_clip_B=2e-3)
+    assert f == pytest.approx(1e-3, rel=1e-3) and b == pytest.approx(2e-3, rel=1e-3)  # SGD step = lr * clipped gradient
+    full = _first_update(lr_F=0.01, lr_B=0.01, grad_clip_F=0.0, grad_clip_B=0.0)
+    warm = _first_update(lr_F=0.01, lr_B=0.01, grad_clip_F=0.0, grad_clip_B=0.0, warmup_steps=4)
+    assert warm[0] == pytest.approx(full[0] / 4, rel=1e-4) and warm[1] == pytest.approx(full[1] / 4, rel=1e-4)

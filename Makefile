@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.bcd
 	$(PY) -m benchmarks.rbc
 	$(PY) -m benchmarks.sbcl
+	$(PY) -m benchmarks.ccl
 
 ## Every entry's claim check, or one: make reproduce ENTRY=anyloss; on fresh seeds: SEED_OFFSET=100.
 ## Writes runs/reproduce/NAME.json + .png and copies the picture to cards/NAME/claim.png (claim seeds

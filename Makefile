@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.rbc
 	$(PY) -m benchmarks.sbcl
 	$(PY) -m benchmarks.ccl
+	$(PY) -m benchmarks.vididi
 
 ## Every entry's claim check, or one: make reproduce ENTRY=anyloss; on fresh seeds: SEED_OFFSET=100.
 ## Writes runs/reproduce/NAME.json + .png and copies the picture to cards/NAME/claim.png (claim seeds

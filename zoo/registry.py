@@ -278,15 +278,6 @@ _ENTRIES: tuple[Entry, ...] = (
         summary="LIFT fine-tuning (cosine head, logit-adjusted loss) per foundation model, then a backdoor-adjusted ensemble.",
     ),
     Entry(
-        name="vididi",
-        paper="ViDiDi: Unfolding Videos Dynamics via Taylor Expansion",
-        arxiv="2409.02371",
-        kind="module",
-        target="zoo.vididi.ViDiDi",
-        card="vididi",
-        summary="Temporal-derivative views (orders 0-2) of clips through one encoder, balanced alternating pairs, on VICReg/BYOL/SimCLR.",
-    ),
-    Entry(
         name="arl",
         paper="Improving Multimodal Learning via Imbalanced Learning (ARL)",
         arxiv="2507.10203",
@@ -297,13 +288,13 @@ _ENTRIES: tuple[Entry, ...] = (
         summary="Shared-head unimodal losses and inverse-variance gradient re-weighting of each modality's encoder.",
     ),
     Entry(
-        name="ftwt",
-        paper="Fire Together Wire Together: A Dynamic Pruning Approach with Self-Supervised Mask Prediction",
-        arxiv="2110.08232",
+        name="vididi",
+        paper="ViDiDi: Unfolding Videos Dynamics via Taylor Expansion",
+        arxiv="2409.02371",
         kind="module",
-        target="zoo.ftwt.FTWTClassifier",
-        card="ftwt",
-        summary="Per-layer mask predictors trained on a self-supervised heatmap-mass target; FLOPs of the executed convolutions.",
+        target="zoo.vididi.ViDiDi",
+        card="vididi",
+        summary="Temporal-derivative views (orders 0-2) of clips through one encoder, balanced alternating pairs, on VICReg/BYOL/SimCLR.",
     ),
     Entry(
         name="ccl",
@@ -314,6 +305,15 @@ _ENTRIES: tuple[Entry, ...] = (
         extra_modules=("zoo.ccl.CounterCurrentAutoencoder",),
         card="ccl",
         summary="Anti-parallel forward and feedback nets trained by layer-local losses: no gradient crosses a layer.",
+    ),
+    Entry(
+        name="ftwt",
+        paper="Fire Together Wire Together: A Dynamic Pruning Approach with Self-Supervised Mask Prediction",
+        arxiv="2110.08232",
+        kind="module",
+        target="zoo.ftwt.FTWTClassifier",
+        card="ftwt",
+        summary="Per-layer mask predictors trained on a self-supervised heatmap-mass target; FLOPs of the executed convolutions.",
     ),
 )
 

@@ -4,6 +4,7 @@
 """
 
 from zoo.datamodules.associative import AssociativeMemoryDataModule
+from zoo.datamodules.bandits import BestArmDataModule
 from zoo.datamodules.cifar import (
     CIFAR10DataModule,
     CIFAR10LTDataModule,
@@ -17,11 +18,13 @@ from zoo.datamodules.digits import DigitsDataModule
 from zoo.datamodules.foundation_digits import FoundationDigitsDataModule
 from zoo.datamodules.least_squares import BCDDataModule
 from zoo.datamodules.longtail import longtail_counts, longtail_indices
+from zoo.datamodules.mixture import MarkovMixtureDataModule, MixtureSampler
 from zoo.datamodules.moons import MoonsDataModule
 from zoo.datamodules.multicolor import MultiColorDigitsDataModule
 from zoo.datamodules.multilabel import COCOPLTDataModule, MultiLabelDataModule, SyntheticPLTDataModule, VOCPLTDataModule
 from zoo.datamodules.multimodal import CREMADDataModule, KineticsSoundsDataModule, MultimodalDigitsDataModule
 from zoo.datamodules.rbc import ChulaRBC12DataModule, OverlappingCellsDataModule, ShuffledTailDigitsDataModule
+from zoo.datamodules.subset import SubsetDataModule
 from zoo.datamodules.tabular import SyntheticBinaryDataModule
 from zoo.datamodules.tokens import SyntheticRouterScores, ZipfTokenDataModule
 from zoo.datamodules.ufm import UFMDataModule
@@ -29,7 +32,10 @@ from zoo.datamodules.video import MovingDigitsDataModule, UCF101DataModule
 
 __all__ = [
     "AssociativeMemoryDataModule",
+    "BestArmDataModule",
     "BCDDataModule",
+    "MarkovMixtureDataModule",
+    "MixtureSampler",
     "UFMDataModule",
     "MovingDigitsDataModule",
     "UCF101DataModule",
@@ -56,6 +62,7 @@ __all__ = [
     "DigitsDataModule",
     "FoundationDigitsDataModule",
     "SyntheticBinaryDataModule",
+    "SubsetDataModule",
     "SyntheticRouterScores",
     "ZipfTokenDataModule",
     "longtail_counts",

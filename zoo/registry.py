@@ -315,6 +315,26 @@ _ENTRIES: tuple[Entry, ...] = (
         card="ftwt",
         summary="Per-layer mask predictors trained on a self-supervised heatmap-mass target; FLOPs of the executed convolutions.",
     ),
+    Entry(
+        name="bids",
+        paper="Improving Influence-based Instruction Tuning Data Selection for Balanced Learning of Diverse Capabilities",
+        arxiv="2501.12147",
+        kind="algorithm",
+        target="zoo.bids.BIDSSelector",
+        module="zoo.bids.BIDSClassifier",
+        card="bids",
+        summary="LESS gradient influence, per-validation-instance z-score, iterative selection for the least-covered task.",
+    ),
+    Entry(
+        name="lal",
+        paper="Learning to Actively Learn: A Robust Approach",
+        arxiv="2010.15382",
+        kind="algorithm",
+        target="zoo.lal.AdaptiveQueryPolicy",
+        module="zoo.lal.LALModule",
+        card="lal",
+        summary="A best-arm query policy trained by REINFORCE against in-class adversaries, robust over difficulty classes.",
+    ),
 )
 
 

@@ -4,7 +4,6 @@
 """
 
 from zoo.datamodules.associative import AssociativeMemoryDataModule
-from zoo.datamodules.bandits import BestArmDataModule
 from zoo.datamodules.cifar import (
     CIFAR10DataModule,
     CIFAR10LTDataModule,
@@ -18,7 +17,6 @@ from zoo.datamodules.digits import DigitsDataModule
 from zoo.datamodules.foundation_digits import FoundationDigitsDataModule
 from zoo.datamodules.least_squares import BCDDataModule
 from zoo.datamodules.longtail import longtail_counts, longtail_indices
-from zoo.datamodules.mixture import MarkovMixtureDataModule, MixtureSampler
 from zoo.datamodules.moons import MoonsDataModule
 from zoo.datamodules.multicolor import MultiColorDigitsDataModule
 from zoo.datamodules.multilabel import COCOPLTDataModule, MultiLabelDataModule, SyntheticPLTDataModule, VOCPLTDataModule
@@ -32,10 +30,7 @@ from zoo.datamodules.video import MovingDigitsDataModule, UCF101DataModule
 
 __all__ = [
     "AssociativeMemoryDataModule",
-    "BestArmDataModule",
     "BCDDataModule",
-    "MarkovMixtureDataModule",
-    "MixtureSampler",
     "UFMDataModule",
     "MovingDigitsDataModule",
     "UCF101DataModule",

@@ -325,16 +325,6 @@ _ENTRIES: tuple[Entry, ...] = (
         card="bids",
         summary="LESS gradient influence, per-validation-instance z-score, iterative selection for the least-covered task.",
     ),
-    Entry(
-        name="lal",
-        paper="Learning to Actively Learn: A Robust Approach",
-        arxiv="2010.15382",
-        kind="algorithm",
-        target="zoo.lal.AdaptiveQueryPolicy",
-        module="zoo.lal.LALModule",
-        card="lal",
-        summary="A best-arm query policy trained by REINFORCE against in-class adversaries, robust over difficulty classes.",
-    ),
 )
 
 

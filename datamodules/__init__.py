@@ -4,6 +4,7 @@
 """
 
 from zoo.datamodules.associative import AssociativeMemoryDataModule
+from zoo.datamodules.bandits import BestArmDataModule
 from zoo.datamodules.cifar import (
     CIFAR10DataModule,
     CIFAR10LTDataModule,
@@ -30,6 +31,7 @@ from zoo.datamodules.video import MovingDigitsDataModule, UCF101DataModule
 
 __all__ = [
     "AssociativeMemoryDataModule",
+    "BestArmDataModule",
     "BCDDataModule",
     "UFMDataModule",
     "MovingDigitsDataModule",

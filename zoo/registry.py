@@ -316,6 +316,16 @@ _ENTRIES: tuple[Entry, ...] = (
         summary="Per-layer mask predictors trained on a self-supervised heatmap-mass target; FLOPs of the executed convolutions.",
     ),
     Entry(
+        name="lal",
+        paper="Learning to Actively Learn: A Robust Approach",
+        arxiv="2010.15382",
+        kind="algorithm",
+        target="zoo.lal.AdaptiveQueryPolicy",
+        module="zoo.lal.LALModule",
+        card="lal",
+        summary="A best-arm query policy trained by REINFORCE against in-class adversaries, robust over difficulty classes.",
+    ),
+    Entry(
         name="bids",
         paper="Improving Influence-based Instruction Tuning Data Selection for Balanced Learning of Diverse Capabilities",
         arxiv="2501.12147",

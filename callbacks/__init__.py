@@ -4,6 +4,7 @@
 """
 
 from zoo.callbacks.adab2n import AdaB2NCallback
+from zoo.callbacks.aioli import AioliMixing
 from zoo.callbacks.alf_lb import AuxFreeLoadBalancing
 from zoo.callbacks.continual import ContinualEvaluation
 from zoo.callbacks.dynamic_ema import DynamicEMA, TaskEndEMA
@@ -15,6 +16,7 @@ from zoo.callbacks.stop_at_threshold import StopAtThreshold
 
 __all__ = [
     "AdaB2NCallback",
+    "AioliMixing",
     "AuxFreeLoadBalancing",
     "ContinualEvaluation",
     "DynamicEMA",

@@ -18,6 +18,7 @@ from zoo.datamodules.digits import DigitsDataModule
 from zoo.datamodules.foundation_digits import FoundationDigitsDataModule
 from zoo.datamodules.least_squares import BCDDataModule
 from zoo.datamodules.longtail import longtail_counts, longtail_indices
+from zoo.datamodules.mixture import MarkovMixtureDataModule, MixtureDataModule, MixtureSampler
 from zoo.datamodules.moons import MoonsDataModule
 from zoo.datamodules.multicolor import MultiColorDigitsDataModule
 from zoo.datamodules.multilabel import COCOPLTDataModule, MultiLabelDataModule, SyntheticPLTDataModule, VOCPLTDataModule
@@ -33,6 +34,9 @@ __all__ = [
     "AssociativeMemoryDataModule",
     "BestArmDataModule",
     "BCDDataModule",
+    "MarkovMixtureDataModule",
+    "MixtureDataModule",
+    "MixtureSampler",
     "UFMDataModule",
     "MovingDigitsDataModule",
     "UCF101DataModule",

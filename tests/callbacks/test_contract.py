@@ -36,6 +36,7 @@ from zoo.adab2n import convert_bn_to_adab2n
 from zoo.anyloss import AnyLossClassifier
 from zoo.callbacks import (
     AdaB2NCallback,
+    AioliMixing,
     AuxFreeLoadBalancing,
     ContinualEvaluation,
     DynamicEMA,
@@ -46,6 +47,7 @@ from zoo.callbacks import (
     SubclassClustering,
     TaskEndEMA,
 )
+from zoo.datamodules.mixture import MixtureDataModule
 from zoo.registry import import_object, list_entries
 
 torch.set_num_threads(1)
@@ -152,6 +154,15 @@ class BlobsInOrder(LightningDataModule):
         return blob_loader(n_per_class=(32, 16, 16))
 
 
+class BlobMixture(MixtureDataModule):
+    """The blobs as 3 groups (one per class) mixed by a MixtureSampler, 8 fixed validation points each: what AioliMixing needs."""
+
+    def __init__(self) -> None:
+        x, y = blob_data().tensors
+        groups = [(x[y == c], y[y == c]) for c in range(3)]
+        super().__init__(groups, val_groups=[(gx[:8], gy[:8]) for gx, gy in groups], batch_size=16, steps_per_epoch=4)
+
+
 # ------------------------------------------------------------- builders (module level: DDP pickles them)
 def _plain(callback: Callback, **trainer: object) -> Job:
     return Job(ForeignClassifier(), [callback], {"train_dataloaders": blob_loader()}, dict(trainer))
@@ -199,6 +210,10 @@ def build_subclass_clustering() -> Job:
     return Job(ForeignSubclassed(), [SubclassClustering(every_n_epochs=1, warmup_epochs=1)], {"datamodule": BlobsInOrder()})
 
 
+def build_aioli() -> Job:
+    return Job(ForeignClassifier(), [AioliMixing(update_steps=6, lp_rounds=1, lp_steps=1, eta=1.0)], {"datamodule": BlobMixture()})
+
+
 def build_stop_at_threshold() -> Job:
     return _plain(StopAtThreshold("train_loss", threshold=0.3, mode="min"))  # the per-step loss first dips under 0.3 at step 8
 
@@ -242,6 +257,11 @@ def _clustered(cb: SubclassClustering) -> None:
     assert set(cb.subclass_targets[:32].tolist()) == {0, 1} and set(cb.subclass_targets[32:].tolist()) == {2, 3}
 
 
+def _mixed(cb: AioliMixing) -> None:
+    assert len(cb.history) == 2 and cb.A_bar is not None and cb.p is not None  # 12 steps, rounds of 6
+    assert not torch.allclose(cb.p, torch.full((3,), 1 / 3, dtype=cb.p.dtype))
+
+
 def _nothing(cb: Callback) -> None:
     """RobustnessEvaluation keeps no state; its metrics are the evidence."""
 
@@ -274,6 +294,7 @@ SPECS: dict[type[Callback], Spec] = {
     SubclassClustering: Spec(  # type: ignore[arg-type]
         build_subclass_clustering, _clustered, ("sbcl/num_subclasses",), needs="needs a module with set_subclasses"
     ),
+    AioliMixing: Spec(build_aioli, _mixed, ("aioli/p_0",), needs="needs a mixture DataModule"),  # type: ignore[arg-type]
     AdaB2NCallback: Spec(  # type: ignore[arg-type]
         build_adab2n, _tasks_ended, ("train/adab2n_penalty",), ("train/adab2n_penalty", "running_"), needs="no AdaB2N layer; convert its BatchNorm2d first"
     ),

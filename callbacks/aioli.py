@@ -29,7 +29,7 @@ class AioliMixing(Callback):
     Needs a DataModule with ``sampler`` (a :class:`zoo.datamodules.mixture.MixtureSampler`) and
     ``val_groups()`` (one fixed ``(x, y)`` batch per group). The extension point is
     :meth:`group_loss` (default: cross-entropy of ``forward(x)`` logits, any leading shape).
-    Logs ``aioli/p_<j>`` every step; ``history`` holds ``[step, p_0, ..., p_{k-1}]`` per round.
+    Logs ``aioli/p_<j>`` at every step where the mixture changes; ``history`` holds ``[step, p_0, ..., p_{k-1}]`` per round.
     """
 
     def __init__(
@@ -58,6 +58,8 @@ class AioliMixing(Callback):
         self._sampler: MixtureSampler | None = None
         self._val: list[tuple[Tensor, Tensor]] = []
         self._W: Tensor | None = None
+        self._logged: Tensor | None = None
+        self._plans: dict[int, list[int]] = {}
 
     # ------------------------------------------------------------------ schedule
     def _where(self, step: int) -> tuple[int, int] | None:
@@ -75,8 +77,14 @@ class AioliMixing(Callback):
             return self._prior()
         t, pos = where
         if pos < self._lp_total:
-            return self._W[learn_params_plan(len(self.p), self.lp_rounds, self.seed, t)[pos // self.lp_steps]]
+            return self._W[self._plan(t)[pos // self.lp_steps]]
         return self.p
+
+    def _plan(self, t: int) -> list[int]:
+        if t not in self._plans:
+            assert self.p is not None
+            self._plans = {t: learn_params_plan(len(self.p), self.lp_rounds, self.seed, t)}
+        return self._plans[t]
 
     def _prior(self) -> Tensor:
         assert self._sampler is not None
@@ -134,14 +142,17 @@ class AioliMixing(Callback):
         if where is not None and where[1] < self._lp_total and (where[1] + 1) % self.lp_steps == 0:
             t, pos = where
             assert self.A_hat is not None and self.loss_prev is not None
-            j = learn_params_plan(len(self.p), self.lp_rounds, self.seed, t)[pos // self.lp_steps]
+            j = self._plan(t)[pos // self.lp_steps]
             loss = self._val_losses(trainer, pl_module)
             self.A_hat[:, j] += self.loss_prev - loss  # Algorithm 2: column j = trained (mostly) on group j
             self.loss_prev = loss
             if pos + 1 == self._lp_total:
                 self._update(trainer.global_step)
-        for j, pj in enumerate(self.mixture_at(self._step).tolist()):
-            pl_module.log(f"aioli/p_{j}", pj, on_step=True, on_epoch=False)
+        mixture = self.mixture_at(self._step)
+        if self._logged is None or not torch.equal(mixture, self._logged):  # log each change: the trajectory is a step function
+            self._logged = mixture
+            for j, pj in enumerate(mixture.tolist()):
+                pl_module.log(f"aioli/p_{j}", pj, on_step=True, on_epoch=False)
 
     def _update(self, step: int) -> None:
         """Steps 1 (average, un-mix), 2 (normalise) and 3 (exponentiated gradient) of a round."""

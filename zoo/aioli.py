@@ -14,9 +14,9 @@ during training, and :class:`zoo.datamodules.mixture.MixtureSampler` draws batch
 :class:`TinyGPT` is the small causal language model of the CPU check.
 
 Deviations and guesses: with EMA, ``A_bar = (1 - ema) * A + ema * A_bar_prev`` and ``p`` is
-recomputed from uniform each round (as the official code does); without EMA ``p`` accumulates
-multiplicatively. The LearnParams order of groups is a seeded permutation per round and step, so
-a resumed run repeats it.
+recomputed from uniform each round; without EMA ``p`` accumulates multiplicatively (this EMA form
+was taken from a reading of the official code that was not re-checked line by line here). The
+LearnParams order of groups is a seeded permutation per round, so a resumed run repeats it.
 """
 
 from __future__ import annotations

@@ -32,7 +32,28 @@ def split_digits(
     return (x_train, y_train), (x_val, y_val), (x_test, y_test)
 
 
-class DigitsDataModule(LightningDataModule):
+class SeededSplitLoaders:
+    """Loaders over in-memory ``train_set`` / ``val_set`` / ``test_set``: seeded shuffle for training, batches of 512 otherwise."""
+
+    seed: int
+    batch_size: int
+    num_workers: int
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train_set, self.batch_size, shuffle=True, generator=generator, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, 512, num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.test_set, 512, num_workers=self.num_workers)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+
+class DigitsDataModule(SeededSplitLoaders, LightningDataModule):
     """Digits as flat 64-vectors (or ``1x8x8`` images), optionally long-tailed or binary.
 
     Args:
@@ -111,15 +132,3 @@ class DigitsDataModule(LightningDataModule):
         assert self.train_set is not None
         return torch.bincount(self.train_set.tensors[1], minlength=self.num_classes).tolist()
 
-    def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, self.batch_size, shuffle=True, generator=generator, num_workers=self.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, 512, num_workers=self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_set, 512, num_workers=self.num_workers)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()

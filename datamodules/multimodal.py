@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from zoo.datamodules.digits import split_digits
+from zoo.datamodules.digits import SeededSplitLoaders, split_digits
 
 __all__ = [
     "MultimodalDigitsDataModule",
@@ -57,7 +57,7 @@ class _DictDataset(Dataset):
         return {k: v[i] for k, v in self.inputs.items()}, self.y[i]
 
 
-class MultimodalDigitsDataModule(LightningDataModule):
+class MultimodalDigitsDataModule(SeededSplitLoaders, LightningDataModule):
     """Digits as an informative, slow modality ``a`` beside a noisy, fast class-code modality ``v``.
 
     Args:
@@ -110,18 +110,6 @@ class MultimodalDigitsDataModule(LightningDataModule):
             sets.append(_DictDataset(inputs, torch.tensor(y, dtype=torch.long)))
         self.train_set, self.val_set, self.test_set = sets
 
-    def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, self.batch_size, shuffle=True, generator=generator, num_workers=self.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, 512, num_workers=self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_set, 512, num_workers=self.num_workers)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
 
 
 # --------------------------------------------------------------------------------- audio + frames

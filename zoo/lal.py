@@ -90,9 +90,7 @@ def arm_features(pulls: Tensor, wins: Tensor, t: int, budget: int) -> Tensor:
     """Per-arm sufficient statistics ``(..., n, 6)``: pulls/T, wins/T, Beta(1,1) posterior mean, its gap to the best, unpulled, t/T."""
     mean = (wins + 1.0) / (pulls + 2.0)
     gap = mean.max(-1, keepdim=True).values - mean
-    return torch.stack(
-        [pulls / budget, wins / budget, mean, gap, (pulls == 0).to(mean.dtype), torch.full_like(mean, t / budget)], dim=-1
-    )
+    return torch.stack([pulls / budget, wins / budget, mean, gap, (pulls == 0).to(mean.dtype), torch.full_like(mean, t / budget)], dim=-1)
 
 
 class AdaptiveQueryPolicy(nn.Module):
@@ -137,11 +135,18 @@ class SequentialHalving(nn.Module):
     """Karnin et al. (2013) with a small-budget schedule: round ``j`` pulls each survivor ``max(1, B_left / (|S| R_left))`` times.
 
     With 8 arms and 16 pulls: 8 arms once, 4 arms once, 2 arms twice. The better half by empirical mean
-    survives each round (ties broken by arm index); the answer is the best survivor.
+    survives each round, ties broken at random (a random priority per rollout, drawn at ``reset`` from a
+    generator seeded by ``seed``): breaking them by arm index would let the adversary hurt the baseline by
+    placing the best arm last. The answer is the best survivor, ties at random.
     """
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self._gen = torch.Generator().manual_seed(seed)
 
     def reset(self, batch: int, num_arms: int, budget: int) -> None:
         self.survivors: Tensor | None = None
+        self.priority = torch.rand(batch, num_arms, generator=self._gen)  # random tie-breaking among equal means
         self.schedule: list[int] = []  # step at which each round ends
         rounds, left, alive, t = math.ceil(math.log2(num_arms)), budget, num_arms, 0
         self.per_arm: list[int] = []
@@ -161,6 +166,10 @@ class SequentialHalving(nn.Module):
         if t in self.schedule[:-1]:  # a round ended: keep the better half
             alive = int(self.survivors.reshape(-1, pulls.shape[-1])[0].sum())
             mean = torch.where(self.survivors, wins / pulls.clamp_min(1), torch.full_like(wins, -1.0))
+            if self.priority.numel() != mean.numel():
+                self.priority = torch.rand(mean.shape, generator=self._gen)
+            # means with <= T pulls differ by >= 1/T > 1e-3, so the priority only orders exact ties
+            mean = mean + 1e-3 * self.priority.view(mean.shape).to(mean)
             keep = mean.topk(math.ceil(alive / 2), dim=-1).indices
             self.survivors = torch.zeros_like(self.survivors).scatter(-1, keep, True)
         start = ([0, *self.schedule])[sum(t >= s for s in self.schedule[:-1])]
@@ -232,8 +241,16 @@ def _adversary_step(adv: _Adversary, opt: torch.optim.Optimizer, out: dict[str, 
 
 
 def worst_case_error(
-    policy: nn.Module, r: float, num_arms: int, budget: int, generator: torch.Generator,
-    instances: int = 32, steps: int = 40, rollouts: int = 64, eval_rollouts: int = 256, lr: float = 0.05,
+    policy: nn.Module,
+    r: float,
+    num_arms: int,
+    budget: int,
+    generator: torch.Generator,
+    instances: int = 32,
+    steps: int = 40,
+    rollouts: int = 64,
+    eval_rollouts: int = 256,
+    lr: float = 0.05,
 ) -> float:
     """A fresh adversary's worst-case error against the frozen ``policy`` in class ``r`` (max over its instances)."""
     adv = _Adversary(r, instances, num_arms, generator)
@@ -324,7 +341,7 @@ class LALModule(ZooModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.classes, self.train_classes = classes, train_classes
-        self.policy = _seeded_policy(seed, hidden) if policy == "learned" else (UniformAllocation() if policy == "uniform" else SequentialHalving())
+        self.policy = _seeded_policy(seed, hidden) if policy == "learned" else (UniformAllocation() if policy == "uniform" else SequentialHalving(seed))
         self.register_buffer("class_values", torch.zeros(len(classes)))  # V_k (0 until measured)
         self.register_buffer("class_weights", torch.full((len(train_classes),), 1.0 / len(train_classes)))
         self.done_updates = 0
@@ -358,8 +375,7 @@ class LALModule(ZooModule):
         self._bench = [_seeded_policy(hp.seed + 1 + k, hp.hidden) for k in range(len(self.classes))]
         self._bench_opt = [torch.optim.Adam(p.parameters(), lr=hp.lr) for p in self._bench]
         self._bench_adv = [_Adversary(r, hp.instances, hp.num_arms, self._gen) for r in self.classes]
-        self._adv = [_Adversary(r, hp.instances, hp.num_arms, torch.Generator().manual_seed(hp.seed + 100 + k))
-                     for k, r in enumerate(self.train_classes)]
+        self._adv = [_Adversary(r, hp.instances, hp.num_arms, torch.Generator().manual_seed(hp.seed + 100 + k)) for k, r in enumerate(self.train_classes)]
         self._adv_opt = [torch.optim.Adam(a.parameters(), lr=hp.adv_lr) for a in [*self._bench_adv, *self._adv]]
         self._opt = torch.optim.Adam(self.policy.parameters(), lr=hp.lr) if hp.policy == "learned" else None
         self._step = 0
@@ -394,7 +410,7 @@ class LALModule(ZooModule):
                 if (self._step + 1) % hp.benchmark_updates == 0:  # V_k: a fresh adversary against the frozen pi_k
                     self.class_values[k] = self._worst(self._bench[k], self.classes[k], self._test_gen(k))
             elif self._opt is not None and self.done_updates < hp.updates:  # step 3: the (robust) policy
-                errs = self._update(self.policy, self._adv, self._adv_opt[len(self.classes):], self._opt, self.class_weights)
+                errs = self._update(self.policy, self._adv, self._adv_opt[len(self.classes) :], self._opt, self.class_weights)
                 idx = [self.classes.index(r) for r in self.train_classes]
                 gaps = errs - self.class_values[idx]
                 w = self.class_weights * torch.exp(hp.eta * gaps)  # exponentiated gap: the max over classes
@@ -407,8 +423,9 @@ class LALModule(ZooModule):
 
     def _worst(self, policy: nn.Module, r: float, generator: torch.Generator) -> float:
         hp = self.hparams
-        return worst_case_error(policy, r, hp.num_arms, hp.budget, generator, hp.test_instances, hp.test_steps,
-                                hp.test_rollouts, hp.test_eval_rollouts, lr=0.05)
+        return worst_case_error(
+            policy, r, hp.num_arms, hp.budget, generator, hp.test_instances, hp.test_steps, hp.test_rollouts, hp.test_eval_rollouts, lr=0.05
+        )
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         if batch_idx:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -68,6 +69,33 @@ def test_sequential_halving_schedule_8_arms_16_pulls() -> None:
     assert arms[:8] == list(range(8))  # round 1: every arm once
     assert sorted(set(arms[8:12])) == [4, 5, 6, 7] and len(arms[8:12]) == 4  # round 2: the winners (arms 4-7) once
     assert len(arms[12:]) == 4 and len(set(arms[12:])) == 2 and all(arms[12:].count(a) == 2 for a in set(arms[12:]))
+
+
+def _halving_error_brute_force(theta: list[float]) -> float:
+    """4 arms, 8 pulls: every arm once, the top 2 (exact ties in a uniformly random order) twice more; answer the best mean."""
+    best, n = max(range(4), key=lambda i: theta[i]), 4
+    correct = 0.0
+    for y0 in itertools.product((0, 1), repeat=n):
+        p0 = math.prod(theta[i] if y0[i] else 1 - theta[i] for i in range(n))
+        for order in itertools.permutations(range(n)):  # a uniformly random priority among ties
+            rank = {a: k for k, a in enumerate(order)}
+            alive = sorted(range(n), key=lambda a: (-y0[a], rank[a]))[:2]
+            for w in itertools.product(range(3), repeat=2):
+                pw = math.prod(math.comb(2, w[j]) * theta[a] ** w[j] * (1 - theta[a]) ** (2 - w[j]) for j, a in enumerate(alive))
+                means = {a: (y0[a] + w[j]) / 3 for j, a in enumerate(alive)}
+                ties = [a for a in alive if means[a] == max(means.values())]
+                correct += p0 / math.factorial(n) * pw * (best in ties) / len(ties)
+    return 1.0 - correct
+
+
+@pytest.mark.parametrize("best", [0, 3])
+def test_sequential_halving_error_matches_brute_force_wherever_the_best_arm_sits(best: int) -> None:
+    """Ties are broken at random, so the error does not depend on the best arm's index (index ties would)."""
+    theta = [0.5] * 4
+    theta[best] = 0.7
+    expected = _halving_error_brute_force(theta)
+    out = rollout(SequentialHalving(seed=1), torch.tensor([theta], dtype=torch.float64), 8, 40000, torch.Generator().manual_seed(0))
+    assert abs(float(out["error"].mean()) - expected) < 0.01
 
 
 def test_uniform_error_matches_the_closed_form() -> None:

@@ -379,6 +379,43 @@ class LALModule(ZooModule):
         self._adv_opt = [torch.optim.Adam(a.parameters(), lr=hp.adv_lr) for a in [*self._bench_adv, *self._adv]]
         self._opt = torch.optim.Adam(self.policy.parameters(), lr=hp.lr) if hp.policy == "learned" else None
         self._step = 0
+        resume = getattr(self, "_resume", None)
+        if resume is not None:  # a resumed fit continues exactly where the checkpoint left off
+            self._resume = None
+            self._step, self.done_updates = int(resume["step"]), int(resume["done_updates"])
+            self._gen.set_state(resume["generator"])
+            for mods, key in ((self._bench, "bench"), (self._bench_adv, "bench_adv"), (self._adv, "adv")):
+                for mod, state in zip(mods, resume[key], strict=True):
+                    mod.load_state_dict(state)
+            for opt, state in zip([*self._bench_opt, *self._adv_opt], [*resume["bench_opt"], *resume["adv_opt"]], strict=True):
+                opt.load_state_dict(state)
+            if self._opt is not None:
+                self._opt.load_state_dict(resume["opt"])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The Lightning checkpoint also carries what the published weights leave out and a resumed fit needs:
+
+        the per-class policies ``pi_k``, every adversary, every optimiser state, the update counters and the
+        rollout generator (tensors, lists and numbers only, so ``torch.load(weights_only=True)`` reads it).
+        """
+        if not hasattr(self, "_gen"):
+            return  # never trained: the weights and V_k say everything
+        checkpoint["lal_state"] = {
+            "step": self._step,
+            "done_updates": self.done_updates,
+            "generator": self._gen.get_state(),
+            "bench": [m.state_dict() for m in self._bench],
+            "bench_adv": [m.state_dict() for m in self._bench_adv],
+            "adv": [m.state_dict() for m in self._adv],
+            "bench_opt": [o.state_dict() for o in self._bench_opt],
+            "adv_opt": [o.state_dict() for o in self._adv_opt],
+            "opt": None if self._opt is None else self._opt.state_dict(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._resume = checkpoint.get("lal_state")
+        if self._resume is not None:
+            self.done_updates = int(self._resume["done_updates"])
 
     def _update(self, policy: nn.Module, advs: list[_Adversary], adv_opts: list, opt: torch.optim.Optimizer, weights: Tensor) -> Tensor:
         """One alternating update over classes: adversary ascent, then the weighted policy loss; returns each class's worst error."""

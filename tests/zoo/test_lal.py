@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import lightning as L
 import pytest
 import torch
 
@@ -134,3 +135,57 @@ def test_module_rejects_bad_settings() -> None:
         LALModule(classes=[5.0, 20.0])
     with pytest.raises(ValueError, match="among classes"):
         LALModule(train_classes=[15.0])
+
+
+def _tiny_fit(tmp_path, epochs: int, ckpt: str | None = None) -> tuple[LALModule, L.Trainer]:
+
+    from zoo.datamodules.bandits import BestArmDataModule
+
+    model = LALModule(
+        num_arms=4,
+        budget=6,
+        classes=[5.0, 8.0],
+        hidden=8,
+        updates=4,
+        benchmark_updates=2,
+        instances=4,
+        rollouts=2,
+        worst=2,
+        test_instances=2,
+        test_steps=1,
+        test_rollouts=2,
+        test_eval_rollouts=4,
+        seed=3,
+    )
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        limit_train_batches=4,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, BestArmDataModule(num_arms=4, classes=[5.0, 8.0], batch_size=1, steps_per_epoch=8), ckpt_path=ckpt)
+    return model, trainer
+
+
+def test_checkpoint_carries_per_class_policies_and_resumes_exactly(tmp_path) -> None:
+    """2 x 2 benchmark steps then 4 robust steps: a fit stopped after 4 steps and resumed equals an uninterrupted one."""
+    full, _ = _tiny_fit(tmp_path, epochs=2)
+    half, trainer = _tiny_fit(tmp_path, epochs=1)
+    path = str(tmp_path / "half.ckpt")
+    trainer.save_checkpoint(path)
+    state = torch.load(path, weights_only=True)["lal_state"]
+    assert state["step"] == 4 and state["done_updates"] == 0 and len(state["bench"]) == 2  # both pi_k are in it
+    assert bool((half.class_values > 0).all())  # V_k measured before the robust phase
+    resumed, _ = _tiny_fit(tmp_path, epochs=2, ckpt=path)
+    assert full.done_updates == resumed.done_updates == 4
+    torch.testing.assert_close(resumed.class_values, full.class_values, rtol=0, atol=0)
+    torch.testing.assert_close(resumed.class_weights, full.class_weights, rtol=0, atol=0)
+    for a, b in zip(resumed.policy.parameters(), full.policy.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(resumed._bench[1].parameters(), full._bench[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

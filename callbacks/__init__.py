@@ -6,6 +6,7 @@
 from zoo.callbacks.adab2n import AdaB2NCallback
 from zoo.callbacks.aioli import AioliMixing
 from zoo.callbacks.alf_lb import AuxFreeLoadBalancing
+from zoo.callbacks.bids import BIDSSelection
 from zoo.callbacks.continual import ContinualEvaluation
 from zoo.callbacks.dynamic_ema import DynamicEMA, TaskEndEMA
 from zoo.callbacks.neural_collapse import NeuralCollapseMonitor
@@ -18,6 +19,7 @@ __all__ = [
     "AdaB2NCallback",
     "AioliMixing",
     "AuxFreeLoadBalancing",
+    "BIDSSelection",
     "ContinualEvaluation",
     "DynamicEMA",
     "NeuralCollapseMonitor",

@@ -38,6 +38,7 @@ from zoo.callbacks import (
     AdaB2NCallback,
     AioliMixing,
     AuxFreeLoadBalancing,
+    BIDSSelection,
     ContinualEvaluation,
     DynamicEMA,
     NeuralCollapseMonitor,
@@ -131,9 +132,7 @@ class ForeignCNN(ForeignClassifier):
 
     def __init__(self) -> None:
         super().__init__(num_classes=6)
-        net = nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 6)
-        )
+        net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 6))
         self.net = convert_bn_to_adab2n(net, num_tasks=3, kappa=0.4)
 
 
@@ -161,6 +160,16 @@ class BlobMixture(MixtureDataModule):
         x, y = blob_data().tensors
         groups = [(x[y == c], y[y == c]) for c in range(3)]
         super().__init__(groups, val_groups=[(gx[:8], gy[:8]) for gx, gy in groups], batch_size=16, steps_per_epoch=4)
+
+
+class BlobsWithVal(LightningDataModule):
+    """Plain blob train and validation loaders (64 + 24 points, 3 classes): what BIDSSelection selects from and scores against."""
+
+    def train_dataloader(self) -> DataLoader:
+        return blob_loader()
+
+    def val_dataloader(self) -> DataLoader:
+        return blob_loader(n_per_class=(8, 8, 8), seed=1)
 
 
 # ------------------------------------------------------------- builders (module level: DDP pickles them)
@@ -214,6 +223,12 @@ def build_aioli() -> Job:
     return Job(ForeignClassifier(), [AioliMixing(update_steps=6, lp_rounds=1, lp_steps=1, eta=1.0)], {"datamodule": BlobMixture()})
 
 
+def build_bids() -> Job:
+    job = Job(ForeignClassifier(), [BIDSSelection(budget_frac=0.5, warmup_epochs=1)], {"datamodule": BlobsWithVal()})
+    job.trainer = {"reload_dataloaders_every_n_epochs": 1}
+    return job
+
+
 def build_stop_at_threshold() -> Job:
     return _plain(StopAtThreshold("train_loss", threshold=0.3, mode="min"))  # the per-step loss first dips under 0.3 at step 8
 
@@ -262,6 +277,11 @@ def _mixed(cb: AioliMixing) -> None:
     assert not torch.allclose(cb.p, torch.full((3,), 1 / 3, dtype=cb.p.dtype))
 
 
+def _selected(cb: BIDSSelection) -> None:
+    assert cb.selected is not None and len(cb.selected) == 32 and cb.influence is None and cb.checkpoints == 1
+    assert cb.class_counts is not None and sum(cb.class_counts) == 32 and min(cb.class_counts) > 0
+
+
 def _nothing(cb: Callback) -> None:
     """RobustnessEvaluation keeps no state; its metrics are the evidence."""
 
@@ -285,7 +305,9 @@ SPECS: dict[type[Callback], Spec] = {
     TaskEndEMA: Spec(build_task_end_ema, _ema_moved),  # type: ignore[arg-type]
     NeuralCollapseMonitor: Spec(build_neural_collapse, _nc_measured, ("nc/NC1", "nc/NC2_W", "nc/NC2_H", "nc/NC3")),  # type: ignore[arg-type]
     RobustnessEvaluation: Spec(
-        build_robustness, _nothing, ("robust/clean_acc", "robust/pgd_acc", "robust/cw_mpc"),
+        build_robustness,
+        _nothing,
+        ("robust/clean_acc", "robust/pgd_acc", "robust/cw_mpc"),
     ),  # fmt: skip
     ContinualEvaluation: Spec(build_continual, _matrix_full, ("cl/avg_acc",), needs="needs a continual DataModule", crash_epoch=1),  # type: ignore[arg-type]
     AuxFreeLoadBalancing: Spec(build_alf_lb, _bias_moved, ("alf_lb/maxvio",), needs="has no router to balance"),  # type: ignore[arg-type]
@@ -294,6 +316,7 @@ SPECS: dict[type[Callback], Spec] = {
     SubclassClustering: Spec(  # type: ignore[arg-type]
         build_subclass_clustering, _clustered, ("sbcl/num_subclasses",), needs="needs a module with set_subclasses"
     ),
+    BIDSSelection: Spec(build_bids, _selected, ("bids/selected", "bids/min_class_selected"), needs="needs a DataModule"),  # type: ignore[arg-type]
     AioliMixing: Spec(build_aioli, _mixed, ("aioli/p_0",), needs="needs a mixture DataModule"),  # type: ignore[arg-type]
     AdaB2NCallback: Spec(  # type: ignore[arg-type]
         build_adab2n, _tasks_ended, ("train/adab2n_penalty",), ("train/adab2n_penalty", "running_"), needs="no AdaB2N layer; convert its BatchNorm2d first"

@@ -132,7 +132,9 @@ class ForeignCNN(ForeignClassifier):
 
     def __init__(self) -> None:
         super().__init__(num_classes=6)
-        net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 6))
+        net = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 6)
+        )
         self.net = convert_bn_to_adab2n(net, num_tasks=3, kappa=0.4)
 
 
@@ -305,9 +307,7 @@ SPECS: dict[type[Callback], Spec] = {
     TaskEndEMA: Spec(build_task_end_ema, _ema_moved),  # type: ignore[arg-type]
     NeuralCollapseMonitor: Spec(build_neural_collapse, _nc_measured, ("nc/NC1", "nc/NC2_W", "nc/NC2_H", "nc/NC3")),  # type: ignore[arg-type]
     RobustnessEvaluation: Spec(
-        build_robustness,
-        _nothing,
-        ("robust/clean_acc", "robust/pgd_acc", "robust/cw_mpc"),
+        build_robustness, _nothing, ("robust/clean_acc", "robust/pgd_acc", "robust/cw_mpc"),
     ),  # fmt: skip
     ContinualEvaluation: Spec(build_continual, _matrix_full, ("cl/avg_acc",), needs="needs a continual DataModule", crash_epoch=1),  # type: ignore[arg-type]
     AuxFreeLoadBalancing: Spec(build_alf_lb, _bias_moved, ("alf_lb/maxvio",), needs="has no router to balance"),  # type: ignore[arg-type]

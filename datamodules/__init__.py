@@ -15,6 +15,12 @@ from zoo.datamodules.cifar import (
 from zoo.datamodules.continual import SplitTasks
 from zoo.datamodules.contrastive import ContrastiveCIFARDataModule, ContrastiveDigitsDataModule
 from zoo.datamodules.digits import DigitsDataModule
+from zoo.datamodules.federated import (
+    FederatedDataModule,
+    PartitionedDataModule,
+    dirichlet_partition,
+    label_correlated_participation,
+)
 from zoo.datamodules.foundation_digits import FoundationDigitsDataModule
 from zoo.datamodules.least_squares import BCDDataModule
 from zoo.datamodules.longtail import longtail_counts, longtail_indices
@@ -61,6 +67,10 @@ __all__ = [
     "ContrastiveCIFARDataModule",
     "ContrastiveDigitsDataModule",
     "DigitsDataModule",
+    "FederatedDataModule",
+    "PartitionedDataModule",
+    "dirichlet_partition",
+    "label_correlated_participation",
     "FoundationDigitsDataModule",
     "SyntheticBinaryDataModule",
     "SubsetDataModule",

@@ -40,6 +40,8 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.sbcl
 	$(PY) -m benchmarks.ccl
 	$(PY) -m benchmarks.vididi
+	$(PY) -m benchmarks.aioli
+	$(PY) -m benchmarks.bids
 
 ## Every entry's claim check, or one: make reproduce ENTRY=anyloss; on fresh seeds: SEED_OFFSET=100.
 ## Writes runs/reproduce/NAME.json + .png and copies the picture to cards/NAME/claim.png (claim seeds

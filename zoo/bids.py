@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -123,23 +124,24 @@ def task_scores(a: Tensor, task_ids: Tensor, num_tasks: int | None = None, aggre
 def iterative_select(s: Tensor, budget: int) -> Tensor:
     """BIDS step 4: repeatedly add the unselected example of highest S[., t*], t* = the task of lowest mean coverage.
 
-    Kept sorted per task with a pointer each, so the loop costs O(budget x T) after one sort.
+    Kept sorted per task with a pointer each, so the loop costs O(budget x T) after one sort; the
+    loop runs on float64 NumPy arrays (per-iteration torch calls cost more than the arithmetic).
     """
     n, num_tasks = s.shape
     if not 0 < budget <= n:
         raise ValueError(f"budget must be in 1..{n}, got {budget}")
-    order = torch.sort(s, dim=0, descending=True, stable=True).indices.T.tolist()  # per task, best first
+    order = torch.sort(s, dim=0, descending=True, stable=True).indices.T.cpu().numpy()  # per task, best first
     ptr = [0] * num_tasks
-    taken = [False] * n
+    taken = np.zeros(n, dtype=bool)
     chosen: list[int] = []
-    total = torch.zeros(num_tasks, dtype=torch.float64)
-    s64 = s.double()
-    for _ in range(budget):
-        coverage = total / len(chosen) if chosen else total
-        t = int(torch.argmin(coverage))
-        while taken[order[t][ptr[t]]]:
-            ptr[t] += 1
-        z = order[t][ptr[t]]
+    total = np.zeros(num_tasks, dtype=np.float64)
+    s64 = s.detach().double().cpu().numpy()
+    for k in range(budget):
+        t = int(np.argmin(total / k if k else total))  # coverage: mean score of the selected set, 0 when empty
+        p, row = ptr[t], order[t]
+        while taken[row[p]]:
+            p += 1
+        ptr[t], z = p, int(row[p])
         taken[z] = True
         chosen.append(z)
         total += s64[z]
@@ -153,9 +155,7 @@ def topk_select(scores: Tensor, budget: int) -> Tensor:
     return torch.sort(scores, descending=True, stable=True).indices[:budget]
 
 
-def select(
-    a: Tensor, task_ids: Tensor, budget: int, selector: str = "bids", aggregate: str = "mean", seed: int = 0, num_tasks: int | None = None
-) -> Tensor:
+def select(a: Tensor, task_ids: Tensor, budget: int, selector: str = "bids", aggregate: str = "mean", seed: int = 0, num_tasks: int | None = None) -> Tensor:
     """Indices of the selected training examples under one of :data:`SELECTORS` from influence ``a`` (|D|, |V|)."""
     if selector == "bids":
         return iterative_select(task_scores(instance_normalize(a), task_ids, num_tasks, aggregate), budget)

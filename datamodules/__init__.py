@@ -21,6 +21,7 @@ from zoo.datamodules.federated import (
     dirichlet_partition,
     label_correlated_participation,
 )
+from zoo.datamodules.federated_mixture import FederatedMixtureDataModule
 from zoo.datamodules.foundation_digits import FoundationDigitsDataModule
 from zoo.datamodules.least_squares import BCDDataModule
 from zoo.datamodules.longtail import longtail_counts, longtail_indices
@@ -68,6 +69,7 @@ __all__ = [
     "ContrastiveDigitsDataModule",
     "DigitsDataModule",
     "FederatedDataModule",
+    "FederatedMixtureDataModule",
     "PartitionedDataModule",
     "dirichlet_partition",
     "label_correlated_participation",

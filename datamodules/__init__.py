@@ -22,6 +22,7 @@ from zoo.datamodules.federated import (
     label_correlated_participation,
 )
 from zoo.datamodules.federated_mixture import FederatedMixtureDataModule
+from zoo.datamodules.federated_wls import FederatedWLSDataModule
 from zoo.datamodules.foundation_digits import FoundationDigitsDataModule
 from zoo.datamodules.least_squares import BCDDataModule
 from zoo.datamodules.longtail import longtail_counts, longtail_indices
@@ -69,6 +70,7 @@ __all__ = [
     "ContrastiveDigitsDataModule",
     "DigitsDataModule",
     "FederatedDataModule",
+    "FederatedWLSDataModule",
     "FederatedMixtureDataModule",
     "PartitionedDataModule",
     "dirichlet_partition",

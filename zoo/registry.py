@@ -345,6 +345,16 @@ _ENTRIES: tuple[Entry, ...] = (
         card="lal",
         summary="A best-arm query policy trained by REINFORCE against in-class adversaries, robust over difficulty classes.",
     ),
+    Entry(
+        name="admm-fl",
+        paper="Noise-Robust and Resource-Efficient ADMM-based Federated Learning",
+        arxiv="2409.13451",
+        kind="algorithm",
+        target="zoo.admm_fl.ADMMClients",
+        module="zoo.admm_fl.ADMMFLModule",
+        card="admm-fl",
+        summary="Consensus ADMM for federated WLS under random scheduling and noisy links: dual-free local update, idle-client updates.",
+    ),
 )
 
 

@@ -346,6 +346,16 @@ _ENTRIES: tuple[Entry, ...] = (
         summary="A best-arm query policy trained by REINFORCE against in-class adversaries, robust over difficulty classes.",
     ),
     Entry(
+        name="afl",
+        paper="Anarchic Federated Learning",
+        arxiv="2108.09875",
+        kind="algorithm",
+        target="zoo.afl.AFACSStrategy",
+        module="zoo.afl.AFLModule",
+        card="afl",
+        summary="AFA-CD / AFA-CS: K-normalised worker updates with two-sided rates; AFA-CS keeps every worker's last update.",
+    ),
+    Entry(
         name="admm-fl",
         paper="Noise-Robust and Resource-Efficient ADMM-based Federated Learning",
         arxiv="2409.13451",

@@ -22,6 +22,7 @@ from zoo.datamodules.federated import (
     label_correlated_participation,
 )
 from zoo.datamodules.federated_mixture import FederatedMixtureDataModule
+from zoo.datamodules.federated_regression import FederatedRegressionDataModule
 from zoo.datamodules.federated_wls import FederatedWLSDataModule
 from zoo.datamodules.foundation_digits import FoundationDigitsDataModule
 from zoo.datamodules.least_squares import BCDDataModule
@@ -72,6 +73,7 @@ __all__ = [
     "FederatedDataModule",
     "FederatedWLSDataModule",
     "FederatedMixtureDataModule",
+    "FederatedRegressionDataModule",
     "PartitionedDataModule",
     "dirichlet_partition",
     "label_correlated_participation",

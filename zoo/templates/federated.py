@@ -121,7 +121,7 @@ class FederatedModule(ZooModule):
     def training_step(self, batch: Any, batch_idx: int) -> None:
         if self.simulator is None:
             raise RuntimeError(f"{type(self).__name__} trains with trainer.fit (on_train_start builds the simulator)")
-        todo = max(0, min(int(self.hparams["steps_per_call"]), int(self.hparams["rounds"]) - self.simulator.steps_done))
+        todo = max(0, min(int(self.hparams["steps_per_call"]), self.total_steps() - self.simulator.steps_done))
         self.simulator.run(todo)
         self.global_params.data.copy_(self.simulator.params)
         logs = {
@@ -130,8 +130,12 @@ class FederatedModule(ZooModule):
             "train/global_loss": self.global_loss(),
         }
         self.log_dict({k: torch.tensor(v, dtype=torch.float64) for k, v in logs.items()}, on_step=True, on_epoch=False, batch_size=1)
-        if self.simulator.steps_done >= int(self.hparams["rounds"]):
+        if self.simulator.steps_done >= self.total_steps():
             self.trainer.should_stop = True
+
+    def total_steps(self) -> int:
+        """The server steps of one fit: ``rounds``; an entry with a virtual-time budget counts the steps that fit in it."""
+        return int(self.hparams["rounds"])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.simulator is not None:

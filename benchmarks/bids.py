@@ -73,7 +73,7 @@ def bench(name: str, model: nn.Module, data: tuple[Tensor, ...], tasks: Tensor, 
         f"{name}: pool {len(x)}, val {len(data[2])}, {num_tasks} tasks, budget {len(keep)} (15 %): "  # type: ignore[arg-type]
         f"feature pass {1000 * t_feat:.1f} ms, BIDS selection {1000 * t_sel:.2f} ms"
     )
-    print(f"  selection / feature pass: {ratio:.3f} ({100 * ratio:.1f} %, target <= 20 %); against LESS's 4 checkpoints {100 * ratio / 4:.1f} %")
+    print(f"  selection / feature pass: {ratio:.4f} ({100 * ratio:.2f} %, target <= 20 %); against LESS's 4 checkpoints {100 * ratio / 4:.2f} %")
     return ratio
 
 

@@ -24,6 +24,7 @@ Guesses where the paper is unverified here (its Algorithm 1 decides):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -79,15 +80,20 @@ def adam_direction(g: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: int, be
     return m_hat / (v_hat.sqrt() + eps)
 
 
+@functools.lru_cache(maxsize=1)
+def _gaussian_projection(num_params: int, dim: int, seed: int, dtype: torch.dtype) -> Tensor:
+    """The seeded (P, dim) Gaussian matrix / sqrt(dim); cached, so a feature pass draws it once, not once per batch."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(num_params, dim, generator=gen, dtype=dtype) / dim**0.5
+
+
 def random_projection(g: Tensor, dim: int, seed: int) -> Tensor:
     """Project rows of ``g`` to ``dim`` with a seeded Gaussian matrix scaled by 1/sqrt(dim) (LESS/TRAK); identity if ``dim >= P``."""
     if dim <= 0:
         raise ValueError(f"projection dim must be positive, got {dim}")
     if dim >= g.shape[1]:
         return g
-    gen = torch.Generator().manual_seed(seed)
-    proj = torch.randn(g.shape[1], dim, generator=gen, dtype=g.dtype) / dim**0.5
-    return g @ proj
+    return g @ _gaussian_projection(g.shape[1], dim, seed, g.dtype).to(g.device)
 
 
 def influence_matrix(train_feats: Sequence[Tensor], val_feats: Sequence[Tensor], lrs: Sequence[float]) -> Tensor:

@@ -141,3 +141,12 @@ def test_subset_datamodule_serves_the_selection() -> None:
     assert min(dm.selected_class_counts) >= 3
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape[1] == 64 and len(dm.val_set) == 200  # type: ignore[arg-type]
+
+
+def test_cached_projection_is_the_seeded_gaussian_matrix() -> None:
+    g = torch.randn(5, 40, generator=torch.Generator().manual_seed(2))
+    want = g @ (torch.randn(40, 16, generator=torch.Generator().manual_seed(3)) / 4)
+    first = random_projection(g, 16, seed=3)
+    torch.testing.assert_close(first, want)
+    assert not torch.allclose(random_projection(g, 16, seed=4), first)  # evicts seed 3 from the cache
+    assert torch.equal(random_projection(g, 16, seed=3), first)

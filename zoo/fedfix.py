@@ -1,7 +1,7 @@
 """FedFix and its siblings: one aggregation rule, four client-time schemes, and the surrogate objective they minimise.
 
 Paper: Y. Fraboni, R. Vidal, L. Kameni, M. Lorenzi, "A General Theory for Federated Optimization with
-Asynchronous and Heterogeneous Clients Updates" (2022; JMLR 2023). Official code: the
+Asynchronous and Heterogeneous Clients Updates" (arXiv 2206.10189, 2022). Official code: the
 ``asynchronous_FL`` branch of ``Accenture/Labs-Federated-Learning``: ``FL/server.py``
 (``Server.clients_importances``: the surrogate importances ``P_surr`` and aggregation weights
 ``agg_weights`` per scheme; ``Server.aggregation``) and ``FL/clients_schedule.py`` (``get_tau_i``,

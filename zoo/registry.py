@@ -365,6 +365,16 @@ _ENTRIES: tuple[Entry, ...] = (
         card="admm-fl",
         summary="Consensus ADMM for federated WLS under random scheduling and noisy links: dual-free local update, idle-client updates.",
     ),
+    Entry(
+        name="fedfix",
+        paper="A General Theory for Federated Optimization with Asynchronous and Heterogeneous Clients Updates",
+        arxiv="2206.10189",
+        kind="algorithm",
+        target="zoo.fedfix.FedFixStrategy",
+        module="zoo.fedfix.FedFixModule",
+        card="fedfix",
+        summary="Sync / async FedAvg, FedBuff and FedFix as one aggregation rule with weights d_i; the surrogate optimum each one reaches.",
+    ),
 )
 
 

@@ -6,6 +6,7 @@
     zoo publish --ckpt_path last.ckpt --local_dir hub/anyloss [--repo_id org/name --push]
     zoo verify hub/anyloss [--tolerance 1e-6]
     zoo reproduce anyloss [--seeds 5] [--seed-offset 100]
+    zoo federate fedfix --engine sim|flower [--rounds 2] [--clients 2] [--config PATH] [--model.init_args.X=V]
 
 Bad input (an unknown entry, a missing config or checkpoint, a checkpoint of another class)
 ends with one line on stderr and exit code 2; a claim that was measured and did not hold,
@@ -210,6 +211,22 @@ def render_claim(result: Any, console: Any) -> None:
     console.print(f"{overall}. Paper: {result.paper}")
 
 
+def cmd_federate(name: str, engine: str, rounds: int | None, clients: int | None, config: str | None, overrides: list[str]) -> int:
+    """Run an entry's card config on the in-process simulator or on Flower (loopback); print the test metrics."""
+    from rich.table import Table
+
+    from zoo.federated.loopback import federate
+
+    result = federate(name, engine, rounds=rounds, clients=clients, config=config, overrides=overrides)
+    table = Table(title=f"zoo federate {name} --engine {engine}: {result['rounds']} rounds, {result['clients']} clients, {result['seconds']:.1f} s")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result["metrics"].items():
+        table.add_row(key, f"{value:.6g}")
+    make_console().print(table)
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------------- main
 class _BadInput(Exception):
     """Raised by the CLI itself for arguments it cannot use."""
@@ -229,7 +246,7 @@ def _zoo_parser() -> argparse.ArgumentParser:
         description="balance-zoo: train (fit/validate/test/predict, LightningCLI), list, publish, verify and reproduce entries.",
         exit_on_error=False,
     )
-    sub = parser.add_subparsers(dest="command", metavar="{fit,validate,test,predict,list,publish,verify,reproduce}")
+    sub = parser.add_subparsers(dest="command", metavar="{fit,validate,test,predict,list,publish,verify,reproduce,federate}")
     for name in LIGHTNING_COMMANDS:
         sub.add_parser(name, help=f"LightningCLI {name} (zoo {name} --help)")
     p_list = sub.add_parser("list", help="the registered entries")
@@ -258,6 +275,12 @@ def _zoo_parser() -> argparse.ArgumentParser:
         "--out", default=None, help="JSON result path, the PNG beside it (default runs/reproduce/NAME.json, NAME-seed-offset-K.json)"
     )
     p_rep.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for small models)")
+    p_fed = sub.add_parser("federate", help="run a federated entry's card config on the simulator or on Flower (loopback)")
+    p_fed.add_argument("name")
+    p_fed.add_argument("--engine", choices=("sim", "flower"), default="sim", help="sim: in-process virtual clock; flower: SuperLink + SuperNodes")
+    p_fed.add_argument("--rounds", type=int, default=None, help="server steps (default: the config's rounds)")
+    p_fed.add_argument("--clients", type=int, default=None, help="number of clients (default: the config's num_clients)")
+    p_fed.add_argument("--config", default=None, help="a LightningCLI config (default: cards/NAME/config.yaml)")
     return parser
 
 
@@ -276,7 +299,9 @@ def _run(argv: list[str]) -> int:
         parser.print_help()
         return EXIT_OK
     try:
-        ns = parser.parse_args(argv)
+        ns, extra = parser.parse_known_args(argv)
+        if extra and ns.command != "federate":
+            raise _BadInput(f"unrecognized arguments: {' '.join(extra)}")
     except argparse.ArgumentError as err:
         raise _BadInput(str(err)) from None
     if ns.command == "list":
@@ -287,6 +312,8 @@ def _run(argv: list[str]) -> int:
         return cmd_verify(ns.path_or_repo_id, ns.tolerance, ns.threads, ns.revision)
     if ns.command == "reproduce":
         return cmd_reproduce(ns.name, ns.seeds, ns.out, ns.threads, ns.seed_offset)
+    if ns.command == "federate":
+        return cmd_federate(ns.name, ns.engine, ns.rounds, ns.clients, ns.config, extra)
     raise _BadInput(f"unknown command {argv[0]!r}")  # pragma: no cover - argparse rejects it first
 
 

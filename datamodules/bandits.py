@@ -20,8 +20,9 @@ __all__ = ["BestArmDataModule"]
 class BestArmDataModule(LightningDataModule):
     """Batches ``(theta (B, n), best (B,))`` of instances with ``C(theta) = r``, ``r`` drawn from ``classes``."""
 
-    def __init__(self, num_arms: int = 8, classes: Sequence[float] = (10.0, 20.0, 40.0), batch_size: int = 32,
-                 steps_per_epoch: int = 1000, seed: int = 0) -> None:
+    def __init__(
+        self, num_arms: int = 8, classes: Sequence[float] = (10.0, 20.0, 40.0), batch_size: int = 32, steps_per_epoch: int = 1000, seed: int = 0
+    ) -> None:
         super().__init__()
         if num_arms < 2 or batch_size < 1 or steps_per_epoch < 1:
             raise ValueError("num_arms >= 2, batch_size >= 1 and steps_per_epoch >= 1 are required")
@@ -33,7 +34,7 @@ class BestArmDataModule(LightningDataModule):
         r = torch.tensor(self.classes)[torch.randint(len(self.classes), (count,), generator=g)]
         best = torch.randint(self.num_arms, (count,), generator=g)
         mu, w = torch.randn(count, generator=g), torch.randn(count, self.num_arms - 1, generator=g)
-        theta = torch.cat([in_class_instances(mu[i:i + 1], w[i:i + 1], best[i:i + 1], float(r[i])) for i in range(count)])
+        theta = torch.cat([in_class_instances(mu[i : i + 1], w[i : i + 1], best[i : i + 1], float(r[i])) for i in range(count)])
         return TensorDataset(theta, best)
 
     def train_dataloader(self) -> DataLoader:

@@ -17,8 +17,12 @@ rules read ``x += eta mean(Delta_i / K_i)``: ``eta_L`` is folded into the delta.
 FedAvg under anarchy, steps along the raw deltas, ``x += eta mean(Delta_i)``, which weights each worker
 by how often it shows up and by how many steps it ran.
 
-Guesses where the paper text was not at hand (the update equations above follow the paper's
-description of Algorithms 1 and 2; the arrival process is ours):
+Only the paper's abstract could be read while writing this (verified: AFA-CD for cross-device and
+AFA-CS for cross-silo, two-sided learning rates). The update equations above, the averaging of the K
+local gradients, the AFA-CS memory and the numbering "Algorithm 1" (AFA-CD) / "Algorithm 2" (AFA-CS)
+used below are our reading of the method, not re-checked against the paper's algorithm boxes. Guesses:
+
+- ``G_i`` averages the K stochastic gradients, and the AFA-CS memory starts at zero;
 
 - the anarchic arrival process: each server step visits the workers in a fresh random order, each
   present with probability ``q_i``, and takes the first ``m`` present (sweeping again if fewer);

@@ -23,7 +23,6 @@ local gradients, the AFA-CS memory and the numbering "Algorithm 1" (AFA-CD) / "A
 used below are our reading of the method, not re-checked against the paper's algorithm boxes. Guesses:
 
 - ``G_i`` averages the K stochastic gradients, and the AFA-CS memory starts at zero;
-
 - the anarchic arrival process: each server step visits the workers in a fresh random order, each
   present with probability ``q_i``, and takes the first ``m`` present (sweeping again if fewer);
   the delay is ``U{0..max_delay}`` per report, the version ``max(0, t - delay)``; ``K`` is

@@ -218,12 +218,14 @@ def cmd_federate(name: str, engine: str, rounds: int | None, clients: int | None
     from zoo.federated.loopback import federate
 
     result = federate(name, engine, rounds=rounds, clients=clients, config=config, overrides=overrides)
-    table = Table(title=f"zoo federate {name} --engine {engine}: {result['rounds']} rounds, {result['clients']} clients, {result['seconds']:.1f} s")
+    console = make_console()
+    console.print(f"zoo federate {name} --engine {engine}: {result['rounds']} rounds, {result['clients']} clients, {result['seconds']:.1f} s")
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in result["metrics"].items():
         table.add_row(key, f"{value:.6g}")
-    make_console().print(table)
+    console.print(table)
     return EXIT_OK
 
 

@@ -107,12 +107,30 @@ class LocalFederation:
         log.close()
         self.processes.append(proc)
 
+    def _listening(self, proc: subprocess.Popen, port: int, seconds: float) -> bool:
+        """Whether ``proc`` accepts connections on ``port`` within ``seconds`` (False once it has exited)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and proc.poll() is None:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.settimeout(0.5)
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return True
+            time.sleep(0.1)
+        return False
+
     def __enter__(self) -> LocalFederation:
-        home = Path(self.env["FLWR_HOME"])
-        home.mkdir(parents=True, exist_ok=True)
-        (home / "config.toml").write_text(f'[superlink]\ndefault = "zoo"\n\n[superlink.zoo]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n')
         try:
-            self._start("superlink", ["flower-superlink", "--insecure", "--port", str(self.port), "--disable-runtime-dependency-installation"])
+            for _ in range(3):  # a port taken between choosing and binding it: take another
+                self._start("superlink", ["flower-superlink", "--insecure", "--port", str(self.port), "--disable-runtime-dependency-installation"])
+                if self._listening(self.processes[-1], self.port, self.timeout):
+                    break
+                self.close(cleanup=False)
+                self.port = _free_port()
+            else:
+                raise RuntimeError(f"the SuperLink did not start\n{self.logs()}")
+            home = Path(self.env["FLWR_HOME"])
+            home.mkdir(parents=True, exist_ok=True)  # a connection named "zoo", for flwr ls / flwr log with this FLWR_HOME
+            (home / "config.toml").write_text(f'[superlink]\ndefault = "zoo"\n\n[superlink.zoo]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n')
             for i in range(self.num_clients):
                 node_config = f"partition-id={i} num-partitions={self.num_clients}"
                 args = ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{self.port}", "--node-config", node_config]
@@ -125,7 +143,7 @@ class LocalFederation:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self) -> None:
+    def close(self, cleanup: bool = True) -> None:
         """Stop every process this federation started (their process groups: SuperExec and app children too)."""
         for proc in reversed(self.processes):
             if proc.poll() is None:
@@ -144,7 +162,7 @@ class LocalFederation:
             except ProcessLookupError:
                 pass
         self.processes = []
-        if self._tmp is not None:
+        if cleanup and self._tmp is not None:
             self._tmp.cleanup()
 
     def logs(self, lines: int = 20) -> str:
@@ -262,6 +280,9 @@ def federate(
     for arg in overrides:
         if not arg.startswith(("--model.", "--data.", "--seed_everything")):
             raise ZooError(f"override {arg!r}: only --model.*, --data.* and --seed_everything are passed on")
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-run device banner around the table
     with tempfile.TemporaryDirectory(prefix="zoo-federate-") as tmp:
         args = ["--config", str(path), *overrides]
         args += [f"--model.init_args.rounds={rounds}"] if rounds is not None else []
@@ -286,7 +307,7 @@ def federate(
         metrics = trainer.test(module, datamodule=data, verbose=False)[0]
     return {
         "engine": engine,
-        "rounds": int(module.hparams["rounds"]),
+        "rounds": module.simulator.steps_done if module.simulator is not None else int(module.hparams["rounds"]),
         "clients": data.client_data().num_clients,
         "seconds": seconds,
         "metrics": {k: float(v) for k, v in sorted(metrics.items())},

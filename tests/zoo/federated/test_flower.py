@@ -230,12 +230,12 @@ def test_server_loop_replays_asynchronous_schedules_like_the_simulator(schedule:
 
 
 # ----------------------------------------------------------------------------- real Flower on loopback
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(600)
 def test_flower_loopback_equals_the_simulator_for_two_fedavg_rounds(tmp_path: Path) -> None:
     import yaml
 
     config = _config(num_clients=2, rounds=2)
-    with LocalFederation(2, workdir=tmp_path, pythonpath=[HERE], timeout=600) as fed:
+    with LocalFederation(2, workdir=tmp_path, pythonpath=[HERE], timeout=420) as fed:
         got = fed.run(yaml.safe_dump(config), rounds=2)
         pids = [p.pid for p in fed.processes]
     assert torch.allclose(got, _simulate(_config(num_clients=2, rounds=2, module=f"{__name__}.TinyFedAvg"), 2), atol=1e-5)

@@ -8,7 +8,7 @@ Asynchronous and Heterogeneous Clients Updates" (arXiv 2206.10189, 2022). Offici
 the "F-X" client times, and ``clients_time_schedule``, the event lists of FL / Async / FedFix /
 FedBuff), which :mod:`zoo.federated.clock` follows.
 
-Every scheme is the same server step (the paper's general scheme, Section 3)::
+Every scheme is the same server step (the paper's general scheme with stochastic aggregation weights)::
 
     theta^{n+1} = theta^n + eta_g * sum_{i in S_n} d_i * (theta_i^K(theta^{rho_i(n)}) - theta^{rho_i(n)})
 
@@ -17,7 +17,7 @@ where client ``i`` started from the possibly stale version ``rho_i(n)``. They di
 ``d_i``. With ``omega_i(n) = d_i 1[i in S_n]`` the scheme minimises the surrogate
 ``sum_i q_i L_i`` with ``q_i`` proportional to ``E[omega_i(n)] = d_i f_i`` (``f_i``: the fraction
 of server steps client ``i`` is in), and reaches the true optimum only when ``q = p``
-(the paper's Theorem 1 and its discussion of the surrogate). FedFix aggregates every ``Delta t``
+(the paper's convergence result and its surrogate objective; section numbers not checked here). FedFix aggregates every ``Delta t``
 with ``d_i = p_i ceil(tau_i / Delta t)``: client ``i`` is in one step of ``ceil(tau_i / Delta t)``,
 so ``q = p`` with staleness bounded by ``ceil(tau_i / Delta t) - 1``.
 

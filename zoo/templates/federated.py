@@ -9,7 +9,7 @@ runs them in the in-process :class:`~zoo.federated.Simulator` under ``trainer.fi
    :meth:`build_model`, :meth:`build_schedule`, :meth:`build_strategy`, :meth:`build_client`;
 2. each ``training_step`` runs ``steps_per_call`` server steps (manual optimisation: the server
    rule updates the global model) and logs the server step, the virtual time and the
-   importance-weighted global training loss; the fit stops after ``rounds`` server steps;
+   importance-weighted global training loss; the fit stops after :meth:`total_steps` server steps (``rounds`` unless an entry overrides it);
 3. :meth:`step_metrics` (optional) is called after every server step; what it returns is kept in
    :attr:`trace` (one list per key, with ``step`` and ``time``), which checkpoints keep, so claims
    about trajectories (time to an error, bias of the last iterates) survive a resume;

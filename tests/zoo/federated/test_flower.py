@@ -16,6 +16,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from torch import Tensor, nn
 
 from zoo.cli import main
+from zoo.errors import ZooError
 from zoo.federated import (
     Arrival,
     AsyncSchedule,
@@ -257,3 +258,14 @@ def test_zoo_federate_refuses_bad_input_in_one_line(argv: list[str], message: st
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_zoo_federate_runs_a_card_on_the_simulator_with_overrides(capsys: pytest.CaptureFixture[str]) -> None:
+    from zoo.federated.loopback import federate
+
+    result = federate("fedfix", "sim", rounds=3, clients=4, overrides=["--model.init_args.scheme=sync"])
+    assert result["rounds"] == 3 and result["clients"] == 4 and "test/loss" in result["metrics"]
+    assert main(["federate", "fedfix", "--rounds", "2", "--clients", "3", "--model.init_args.scheme=sync"]) == 0
+    assert "2 rounds, 3 clients" in capsys.readouterr().out
+    with pytest.raises(ZooError, match="only --model"):
+        federate("fedfix", "sim", overrides=["--trainer.max_epochs=1"])

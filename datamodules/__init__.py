@@ -15,6 +15,7 @@ from zoo.datamodules.cifar import (
 from zoo.datamodules.continual import SplitTasks
 from zoo.datamodules.contrastive import ContrastiveCIFARDataModule, ContrastiveDigitsDataModule
 from zoo.datamodules.digits import DigitsDataModule
+from zoo.datamodules.fair_stream import FairStreamDataModule
 from zoo.datamodules.federated import (
     FederatedDataModule,
     PartitionedDataModule,
@@ -70,6 +71,7 @@ __all__ = [
     "ContrastiveCIFARDataModule",
     "ContrastiveDigitsDataModule",
     "DigitsDataModule",
+    "FairStreamDataModule",
     "FederatedDataModule",
     "FederatedWLSDataModule",
     "FederatedMixtureDataModule",

@@ -1,7 +1,7 @@
 """Aranyani: group fairness online with a soft oblique decision forest and node-level aggregate gradients.
 
-Paper: Basu Roy Chowdhury, Monath, Dubey, Ahmed, Chaturvedi, "Fairness in Online Settings with Oblique
-Decision Forests" (Aranyani), ICLR 2024, arXiv 2310.11401.
+Paper: Basu Roy Chowdhury, Monath, Beirami, Kidambi, Dubey, Ahmed, Chaturvedi, "Enhancing Group Fairness in
+Online Settings Using Oblique Decision Forests" (Aranyani), ICLR 2024, arXiv 2310.11401 (Sections 2, 3.3, 3.4).
 Official code: github.com/brcsomnath/Aranyani (TensorFlow 2): ``src/fdt.py`` (one soft oblique tree),
 ``src/forest.py`` (the mean of trees), ``src/aranyani.py`` (``train_online``: the fairness update),
 ``src/utils.py`` (``get_demographic_parity``).

@@ -375,6 +375,26 @@ _ENTRIES: tuple[Entry, ...] = (
         card="fedfix",
         summary="Sync / async FedAvg, FedBuff and FedFix as one aggregation rule with weights d_i; the surrogate optimum each one reaches.",
     ),
+    Entry(
+        name="aranyani",
+        paper="Enhancing Group Fairness in Online Settings Using Oblique Decision Forests",
+        arxiv="2310.11401",
+        kind="algorithm",
+        target="zoo.aranyani.ObliqueForest",
+        module="zoo.aranyani.AranyaniModule",
+        card="aranyani",
+        summary="A soft oblique decision forest learned one sample at a time with node-level demographic-parity gradients from running group aggregates.",
+    ),
+    Entry(
+        name="learning-to-relax",
+        paper="Learning to Relax: Setting Solver Parameters Across a Sequence of Linear System Instances",
+        arxiv="2310.02246",
+        kind="algorithm",
+        target="zoo.learning_to_relax.TsallisINF",
+        module="zoo.learning_to_relax.LearningToRelaxModule",
+        card="learning-to-relax",
+        summary="Tsallis-INF bandits (plain and per-context-bin) choosing SOR's omega across a sequence of sparse linear systems.",
+    ),
 )
 
 

@@ -13,7 +13,6 @@ from zoo.aranyani import (
     ObliqueForest,
     demographic_parity,
     fairness_gradient,
-    forest_output,
     leaf_mask,
     leaf_probabilities,
     node_decision_gradients,

@@ -335,4 +335,5 @@ def _server_main(grid: Grid, context: Context) -> None:
         Path(out).mkdir(parents=True, exist_ok=True)
         save_file({"global_params": params.contiguous()}, str(Path(out) / "global_params.safetensors"))
         result = {"rounds": rounds, "seconds": time.perf_counter() - start, "step_seconds": times}
-        (Path(out) / "result.json").write_text(json.dumps(result))
+        (Path(out) / "result.json.part").write_text(json.dumps(result))
+        (Path(out) / "result.json.part").rename(Path(out) / "result.json")  # whole or absent for a reader

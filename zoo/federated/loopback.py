@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -195,11 +195,36 @@ class LocalFederation:
                 raise RuntimeError(f"a Flower process stopped before the run ended\n{self.logs()}")
             if _run_failed(self.workdir / "superlink.log"):
                 raise RuntimeError(f"the Flower run failed\n{self.logs(40)}")
-            time.sleep(0.2)
+            status, sub_status, details = _run_status(f"127.0.0.1:{self.port}", self.env["FLWR_HOME"], self.run_id)
+            if status == "finished" and not (out / "result.json").exists():
+                raise RuntimeError(f"the Flower run {self.run_id} finished ({sub_status}) without a result: {details}\n{self.logs()}")
+            time.sleep(0.5)
         from safetensors.torch import load_file
 
         self.result = json.loads((out / "result.json").read_text())
         return load_file(str(result))["global_params"]
+
+
+@contextlib.contextmanager
+def _control(address: str, flwr_home: str) -> Iterator[Any]:
+    """A client of the SuperLink's Control API (what the ``flwr`` command talks to), insecure, on ``address``."""
+    from flwr.cli.typing import SuperLinkConnection
+    from flwr.cli.utils import init_http_client_from_connection
+
+    before = os.environ.get("FLWR_HOME")
+    os.environ["FLWR_HOME"] = flwr_home  # credentials are looked up under the federation's own home
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # its "Using SuperLink ..." line
+            client = init_http_client_from_connection(SuperLinkConnection(name="zoo", address=address, insecure=True))
+        try:
+            yield client
+        finally:
+            client.close()
+    finally:
+        if before is None:
+            os.environ.pop("FLWR_HOME")
+        else:
+            os.environ["FLWR_HOME"] = before
 
 
 def _start_run(app: Path, address: str, flwr_home: str) -> int:
@@ -212,8 +237,6 @@ def _start_run(app: Path, address: str, flwr_home: str) -> int:
 
     from flwr.cli.build import build_fab_from_disk
     from flwr.cli.config_utils import load_and_validate
-    from flwr.cli.typing import SuperLinkConnection
-    from flwr.cli.utils import init_http_client_from_connection
     from flwr.common.serde import fab_to_proto, user_config_to_proto
     from flwr.proto.control_pb2 import StartRunRequest  # pylint: disable=no-name-in-module
     from flwr.supercore.fab import Fab
@@ -221,28 +244,29 @@ def _start_run(app: Path, address: str, flwr_home: str) -> int:
     load_and_validate(app / "pyproject.toml")
     fab_bytes = build_fab_from_disk(app)
     fab = Fab(hashlib.sha256(fab_bytes).hexdigest(), fab_bytes, {})
-    before = os.environ.get("FLWR_HOME")
-    os.environ["FLWR_HOME"] = flwr_home  # credentials are looked up under the federation's own home
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # its "Using SuperLink ..." line
-            client = init_http_client_from_connection(SuperLinkConnection(name="zoo", address=address, insecure=True))
-        try:
-            res = client.StartRun(StartRunRequest(fab=fab_to_proto(fab), override_config=user_config_to_proto({}), federation=""))
-        finally:
-            client.close()
-    finally:
-        if before is None:
-            os.environ.pop("FLWR_HOME")
-        else:
-            os.environ["FLWR_HOME"] = before
+    with _control(address, flwr_home) as client:
+        res = client.StartRun(StartRunRequest(fab=fab_to_proto(fab), override_config=user_config_to_proto({}), federation=""))
     if not res.HasField("run_id"):
         raise RuntimeError("the SuperLink did not start the run")
     return int(res.run_id)
 
 
+def _run_status(address: str, flwr_home: str, run_id: int) -> tuple[str, str, str]:
+    """The run's ``(status, sub_status, details)`` as ``flwr ls --run-id`` shows them."""
+    from flwr.common.serde import run_from_proto
+    from flwr.proto.control_pb2 import ListRunsRequest  # pylint: disable=no-name-in-module
+
+    with _control(address, flwr_home) as client:
+        res = client.ListRuns(ListRunsRequest(run_id=run_id))
+    if run_id not in res.run_dict:
+        return "unknown", "", ""
+    status = run_from_proto(res.run_dict[run_id]).status
+    return status.status, status.sub_status, status.details
+
+
 def _run_failed(log: Path) -> bool:
     text = log.read_text(errors="replace") if log.exists() else ""
-    return "Traceback" in text or "ServerApp exception" in text
+    return "Traceback" in text or "ServerApp raised an exception" in text
 
 
 # ----------------------------------------------------------------------------- zoo federate

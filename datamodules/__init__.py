@@ -33,6 +33,7 @@ from zoo.datamodules.moons import MoonsDataModule
 from zoo.datamodules.multicolor import MultiColorDigitsDataModule
 from zoo.datamodules.multilabel import COCOPLTDataModule, MultiLabelDataModule, SyntheticPLTDataModule, VOCPLTDataModule
 from zoo.datamodules.multimodal import CREMADDataModule, KineticsSoundsDataModule, MultimodalDigitsDataModule
+from zoo.datamodules.paging import PagingDataModule
 from zoo.datamodules.rbc import ChulaRBC12DataModule, OverlappingCellsDataModule, ShuffledTailDigitsDataModule
 from zoo.datamodules.subset import SubsetDataModule
 from zoo.datamodules.tabular import SyntheticBinaryDataModule
@@ -55,6 +56,7 @@ __all__ = [
     "MultiColorDigitsDataModule",
     "ChulaRBC12DataModule",
     "OverlappingCellsDataModule",
+    "PagingDataModule",
     "ShuffledTailDigitsDataModule",
     "COCOPLTDataModule",
     "CREMADDataModule",

@@ -167,7 +167,7 @@ def _page_bit(request: Any) -> tuple[int, int]:
 class _Cache(OnlineAlgorithm):
     """A cache of ``k`` pages in LRU order; subclasses choose the victim. ``serve`` returns 1 on a fault."""
 
-    def __init__(self, k: int, seed: int = 0) -> None:
+    def __init__(self, k: int = 32, seed: int = 0) -> None:
         if k < 1:
             raise ValueError(f"cache size k must be >= 1, got {k}")
         self.k, self.seed = k, seed
@@ -247,7 +247,7 @@ class FollowThePrediction(_Cache):
 class Marking(_Cache):
     """Marking (Fiat et al.): phases of k distinct pages; evict an unmarked page, uniformly if ``randomized``."""
 
-    def __init__(self, k: int, randomized: bool = True, seed: int = 0) -> None:
+    def __init__(self, k: int = 32, randomized: bool = True, seed: int = 0) -> None:
         self.randomized = randomized
         super().__init__(k, seed)
 
@@ -289,7 +289,7 @@ class RobustDiscard(Marking):
     wrong this phase; an unmarked page (LRU, or uniform if ``randomized``).
     """
 
-    def __init__(self, k: int, randomized: bool = False, seed: int = 0) -> None:
+    def __init__(self, k: int = 32, randomized: bool = False, seed: int = 0) -> None:
         super().__init__(k, randomized, seed)
 
     def reset(self) -> None:
@@ -331,7 +331,7 @@ class PhaseMarking(Marking):
     in the current one. With perfect bits only the phase's new pages fault.
     """
 
-    def __init__(self, k: int, randomized: bool = False, seed: int = 0) -> None:
+    def __init__(self, k: int = 32, randomized: bool = False, seed: int = 0) -> None:
         super().__init__(k, randomized, seed)
 
     def victim(self) -> int:

@@ -395,6 +395,16 @@ _ENTRIES: tuple[Entry, ...] = (
         card="learning-to-relax",
         summary="Tsallis-INF bandits (plain and per-context-bin) choosing SOR's omega across a sequence of sparse linear systems.",
     ),
+    Entry(
+        name="paging",
+        paper="Paging with Succinct Predictions",
+        arxiv="2210.02775",
+        kind="algorithm",
+        target="zoo.paging.FollowThePrediction",
+        module="zoo.paging.PagingModule",
+        card="paging",
+        summary="Paging with one predicted bit per request: follow-the-prediction (discard bits), marking-based robust and phase-prediction variants, Belady's OPT, a learned bit predictor.",
+    ),
 )
 
 

@@ -3,9 +3,9 @@
 Flower (``flwr``, pinned at 1.42.0) carries the messages; the maths is the entry's own objects, so both
 engines compute the same numbers:
 
-- the **ServerApp** (:data:`server_app`) builds the entry's ``FederatedModule`` from the run config,
-  asks every SuperNode which partition it holds (a ``query`` message), then replays the entry's
-  schedule: at server step ``n`` it sends each client that starts from version ``n`` the global model
+- the **ServerApp** (:data:`server_app`) builds the entry's ``FederatedModule`` from the run config
+  and replays the entry's schedule (the first wave, version 0 to every SuperNode, also tells it
+  which node holds which partition): at server step ``n`` it sends each client that starts from version ``n`` the global model
   and its arrival (client, version, step, local steps), pulls the replies the schedule says return at
   step ``n`` and calls the same ``Strategy.aggregate`` as the simulator. Asynchronous schedules keep
   several messages in flight; a reply is pulled when its step is due;
@@ -19,7 +19,7 @@ engines compute the same numbers:
 Deploy with Flower's own tools: a Flower App whose ``pyproject.toml`` names the components
 ``zoo.federated.flower:server_app`` and ``zoo.federated.flower:client_app`` (:func:`zoo.federated.loopback.write_app`
 writes one) and sets the run config keys ``zoo-config`` (the LightningCLI config, model and data, as YAML
-text), ``rounds`` (server steps; 0 takes the module's ``rounds``) and ``zoo-out`` (a folder where the
+text), ``rounds`` (server steps; 0 takes the module's ``rounds``), ``num-clients`` and ``zoo-out`` (a folder where the
 ServerApp writes ``global_params.safetensors`` and ``result.json``; empty: nothing written). Then
 ``flwr run APP CONNECTION`` against a SuperLink with one SuperNode per client started with
 ``--node-config 'partition-id=I num-partitions=C'``. :class:`zoo.federated.loopback.LocalFederation`
@@ -207,27 +207,33 @@ def _client_side(context: Context) -> tuple[Any, ClientData, int]:
     return module, data, pid
 
 
-@client_app.query()
-def _query(msg: Message, context: Context) -> Message:
-    """Which partition this SuperNode holds and how many examples (the server's importances ``p_i``)."""
-    _, data, pid = _client_side(context)
-    info = ConfigRecord({"partition-id": pid, "num-partitions": data.num_clients, "num-examples": int(data.counts[pid])})
-    return Message(RecordDict({"partition": info}), reply_to=msg)
-
-
 @client_app.train()
 def _train(msg: Message, context: Context) -> Message:
-    """One return of the schedule: train from the received version, reply with the delta."""
+    """Train from the received version for this client's arrival; reply with the delta and this node's partition.
+
+    The message names the arrival (``arrival``) or, in the first wave that goes to every SuperNode
+    before the server knows which node holds which partition, every version-0 arrival by client
+    (``first``), of which this node trains its own, if any.
+    """
     module, data, pid = _client_side(context)
-    arrival = arrival_from_record(msg.content.config_records["arrival"])
-    if arrival.client != pid:
-        raise ValueError(f"message for client {arrival.client} reached the SuperNode of partition {pid}")
-    sent = params_from_record(msg.content.array_records["params"])
-    stored = context.state.config_records.get("zoo-client")
-    delta, state = train_client(module, data, sent, arrival, stored["state"] if stored is not None else None)  # type: ignore[arg-type]
-    if state is not None:
-        context.state["zoo-client"] = ConfigRecord({"state": state})
-    return Message(RecordDict({"update": params_to_record(delta)}), reply_to=msg)
+    info = ConfigRecord({"partition-id": pid, "num-partitions": data.num_clients, "num-examples": int(data.counts[pid])})
+    reply = RecordDict({"partition": info})
+    records = msg.content.config_records
+    if "arrival" in records:
+        arrival: Arrival | None = arrival_from_record(records["arrival"])
+    else:
+        first = records["first"]
+        arrival = arrival_from_record(ConfigRecord(json.loads(str(first[str(pid)])))) if str(pid) in first else None
+    if arrival is not None:
+        if arrival.client != pid:
+            raise ValueError(f"message for client {arrival.client} reached the SuperNode of partition {pid}")
+        sent = params_from_record(msg.content.array_records["params"])
+        stored = context.state.config_records.get("zoo-client")
+        delta, state = train_client(module, data, sent, arrival, stored["state"] if stored is not None else None)  # type: ignore[arg-type]
+        if state is not None:
+            context.state["zoo-client"] = ConfigRecord({"state": state})
+        reply["update"], reply["arrival"] = params_to_record(delta), arrival_to_record(arrival)
+    return Message(reply, reply_to=msg)
 
 
 # ----------------------------------------------------------------------------- the server side
@@ -247,70 +253,78 @@ def _pull(grid: Grid, ids: set[str], poll: float, timeout: float) -> dict[str, M
     return got
 
 
-def _partitions(grid: Grid, poll: float, timeout: float) -> tuple[dict[int, int], Tensor]:
-    """Ask SuperNodes for their partitions until every one of ``num-partitions`` is held: node by client, counts."""
+def _first_wave(grid: Grid, params: Tensor, arrivals: list[Arrival], num: int, poll: float, timeout: float) -> tuple[dict[int, int], Tensor, dict]:
+    """Version 0 to every SuperNode with the version-0 arrivals: node by partition, example counts, the updates.
+
+    Every client starts from version 0, so this one wave both maps SuperNodes to partitions (and
+    their sizes, the importances ``p_i``) and runs the first local updates, all in flight together.
+    """
+    deadline = time.monotonic() + timeout
+    while len(node_ids := list(grid.get_node_ids())) < num:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(node_ids)} of {num} SuperNodes connected after {timeout:.0f} s")
+        time.sleep(poll)
+    if len({a.client for a in arrivals}) != len(arrivals):
+        raise ValueError("a client starts twice from version 0: the schedule must keep one job per client in flight")
+    first = ConfigRecord({str(a.client): json.dumps({"client": a.client, "version": a.version, "step": a.step, **a.config}) for a in arrivals})
+    out = [Message(RecordDict({"params": params_to_record(params), "first": first}), n, MessageType.TRAIN, group_id="0") for n in node_ids]
+    ids = dict(zip(grid.push_messages(out), node_ids, strict=True))
     nodes: dict[int, int] = {}
     counts: dict[int, int] = {}
-    asked: set[int] = set()
-    total: int | None = None
-    deadline = time.monotonic() + timeout
-    while total is None or len(nodes) < total:
-        new = [n for n in grid.get_node_ids() if n not in asked]
-        if new:
-            asked.update(new)
-            ids = {str(i): n for i, n in zip(grid.push_messages([Message(RecordDict(), n, MessageType.QUERY) for n in new]), new)}
-            for mid, reply in _pull(grid, set(ids), poll, timeout).items():
-                info = reply.content.config_records["partition"]
-                pid, total = int(info["partition-id"]), int(info["num-partitions"])
-                if pid in nodes:
-                    raise ValueError(f"two SuperNodes hold partition {pid}")
-                nodes[pid], counts[pid] = ids[mid], int(info["num-examples"])
-        elif time.monotonic() > deadline:
-            raise TimeoutError(f"{len(nodes)} of {total or '?'} partitions connected after {timeout:.0f} s")
-        else:
-            time.sleep(poll)
-    return nodes, torch.tensor([counts[i] for i in range(len(nodes))])
+    updates: dict[tuple[int, int, int], Tensor] = {}
+    for mid, reply in _pull(grid, set(ids), poll, timeout).items():
+        info = reply.content.config_records["partition"]
+        pid = int(info["partition-id"])
+        if int(info["num-partitions"]) != num or pid in nodes:
+            raise ValueError(f"SuperNode partitions must be 0..{num - 1} once each; got partition {pid} of {info['num-partitions']} again or extra")
+        nodes[pid], counts[pid] = ids[mid], int(info["num-examples"])
+        if "update" in reply.content.array_records:
+            updates[_key(arrival_from_record(reply.content.config_records["arrival"]))] = params_from_record(reply.content.array_records["update"])
+    if len(nodes) != num:
+        raise ValueError(f"no SuperNode holds partitions {sorted(set(range(num)) - set(nodes))}")
+    return nodes, torch.tensor([counts[i] for i in range(num)]), updates
 
 
 def _key(arrival: Arrival) -> tuple[int, int, int]:
     return arrival.client, arrival.version, arrival.step
 
 
-def run_server(grid: Grid, module: Any, rounds: int, poll: float = 0.1, timeout: float = 600.0, times: list[float] | None = None) -> Tensor:
+def run_server(grid: Grid, module: Any, rounds: int, num_clients: int, poll: float = 0.1, timeout: float = 600.0, times: list[float] | None = None) -> Tensor:
     """Replay ``module``'s schedule for ``rounds`` server steps over Flower messages; the final global model.
 
     Every version ``v`` is sent when it exists (after step ``v - 1``) to the clients the schedule
-    starts from it; their replies are pulled at the step they return; the strategy aggregates them in
-    the schedule's order, as :class:`~zoo.federated.simulator.Simulator.step` does. ``times`` (if
-    given) receives each server step's wall-clock seconds.
+    starts from it (version 0 in the first wave, :func:`_first_wave`); their replies are pulled at
+    the step they return; the strategy aggregates them in the schedule's order, as
+    :meth:`~zoo.federated.simulator.Simulator.step` does. ``times`` (if given) receives each server
+    step's wall-clock seconds.
     """
-    nodes, counts = _partitions(grid, poll, timeout)
-    num = len(nodes)
-    schedule, strategy = module.build_schedule(num), module.build_strategy()
-    p = ClientData(torch.empty(0), torch.empty(0), counts).importance(str(module.hparams["importance"]))
-    params = module.global_params.detach().clone()
-    strategy.start(params, num, p)
+    tick = time.perf_counter()
+    schedule, strategy = module.build_schedule(num_clients), module.build_strategy()
     plan = [schedule.arrivals(n) for n in range(rounds)]  # the virtual clock never looks at parameters
     starts: dict[int, list[Arrival]] = {}
     for arrivals in plan:
         for a in arrivals:
             starts.setdefault(a.version, []).append(a)
+    params = module.global_params.detach().clone()
+    nodes, counts, done = _first_wave(grid, params, starts.get(0, []), num_clients, poll, timeout)
+    strategy.start(params, num_clients, ClientData(torch.empty(0), torch.empty(0), counts).importance(str(module.hparams["importance"])))
     sent: dict[tuple[int, int, int], str] = {}
     for n, arrivals in enumerate(plan):
-        tick = time.perf_counter()
+        tick = tick if n == 0 else time.perf_counter()
+        later = starts.get(n, []) if n > 0 else []
         out = [
             Message(RecordDict({"params": params_to_record(params), "arrival": arrival_to_record(a)}), nodes[a.client], MessageType.TRAIN, group_id=str(a.step))
-            for a in starts.get(n, [])
+            for a in later
         ]
-        for a, mid in zip(starts.get(n, []), grid.push_messages(out), strict=True):
+        for a, mid in zip(later, grid.push_messages(out), strict=True):
             if not mid:
                 raise RuntimeError(f"the SuperLink refused the message for client {a.client}")
             sent[_key(a)] = mid
-        replies = _pull(grid, {sent[_key(a)] for a in arrivals}, poll, timeout)
-        if arrivals:
-            updates = torch.stack([params_from_record(replies[sent.pop(_key(a))].content.array_records["update"]) for a in arrivals])
-        else:
-            updates = params.new_zeros((0, params.numel()))
+        replies = _pull(grid, {sent[_key(a)] for a in arrivals if _key(a) not in done}, poll, timeout)
+        for a in arrivals:
+            if _key(a) not in done:
+                done[_key(a)] = params_from_record(replies[sent.pop(_key(a))].content.array_records["update"])
+        updates = torch.stack([done.pop(_key(a)) for a in arrivals]) if arrivals else params.new_zeros((0, params.numel()))
         params = strategy.aggregate(params, arrivals, updates, n).detach()
         if times is not None:
             times.append(time.perf_counter() - tick)
@@ -327,7 +341,10 @@ def _server_main(grid: Grid, context: Context) -> None:
     module, _ = build_from_config(str(config["zoo-config"]))
     rounds = int(config.get("rounds", 0)) or int(module.hparams["rounds"])
     start, times = time.perf_counter(), []
-    params = run_server(grid, module, rounds, poll=float(config.get("poll-interval", 0.1)), times=times)
+    num = int(config.get("num-clients", 0))
+    if num < 1:
+        raise ValueError("set the run config's num-clients (one SuperNode per client, node config partition-id / num-partitions)")
+    params = run_server(grid, module, rounds, num, poll=float(config.get("poll-interval", 0.1)), times=times)
     out = str(config.get("zoo-out", ""))
     if out:
         from safetensors.torch import save_file

@@ -34,7 +34,7 @@ __all__ = ["ENGINES", "LocalFederation", "federate", "write_app"]
 ENGINES = ("sim", "flower")
 
 
-def write_app(folder: Path, config_yaml: str, rounds: int, out: Path | None = None, poll: float = 0.1) -> Path:
+def write_app(folder: Path, config_yaml: str, rounds: int, num_clients: int, out: Path | None = None, poll: float = 0.1) -> Path:
     """A Flower App folder (``pyproject.toml`` only: the components live in the installed zoo) for ``flwr run``."""
     folder.mkdir(parents=True, exist_ok=True)
     text = f"""[build-system]
@@ -58,6 +58,7 @@ clientapp = "{APP_COMPONENTS["clientapp"]}"
 [tool.flwr.app.config]
 zoo-config = {json.dumps(config_yaml)}
 rounds = {int(rounds)}
+num-clients = {int(num_clients)}
 zoo-out = {json.dumps(str(out) if out is not None else "")}
 poll-interval = {float(poll)}
 """
@@ -177,7 +178,7 @@ class LocalFederation:
         """Submit the entry as a Flower run (as ``flwr run`` does) and wait for its final global model."""
         n = len(list(self.workdir.glob("run-*")))
         out = self.workdir / f"run-{n}" / "out"
-        app = write_app(self.workdir / f"run-{n}" / "app", config_yaml, rounds, out, poll)
+        app = write_app(self.workdir / f"run-{n}" / "app", config_yaml, rounds, self.num_clients, out, poll)
         deadline = time.monotonic() + self.timeout
         while True:  # the SuperLink's Control API may still be starting
             try:

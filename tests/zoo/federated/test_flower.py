@@ -198,7 +198,8 @@ class _InProcessGrid:
             msg.metadata.__dict__["_message_id"] = msg.object_id
             self.pending[msg.metadata.message_id] = msg
             ids.append(msg.metadata.message_id)
-        self.most_in_flight = max(self.most_in_flight, sum(m.metadata.message_type == "train" for m in self.pending.values()))
+        later = sum("arrival" in m.content.config_records for m in self.pending.values())  # sent after the first wave
+        self.most_in_flight = max(self.most_in_flight, later)
         return ids
 
     def pull_messages(self, ids: list[str]) -> list[Message]:
@@ -222,12 +223,12 @@ def test_server_loop_replays_asynchronous_schedules_like_the_simulator(schedule:
     for attr in ("_run_id", "_node_id", "_task_id"):  # what flwr-serverapp sets for the ServerApp's process
         monkeypatch.setattr(TaskIdentity, attr, 1)
 
-    config = _config(num_clients=3, rounds=5, schedule=schedule, module=f"{__name__}.TinyFedAvg")
+    config = _config(num_clients=3, rounds=8, schedule=schedule, module=f"{__name__}.TinyFedAvg")
     grid = _InProcessGrid(yaml.safe_dump(config), 3)
     module, _ = build_from_config(config)
-    got = run_server(grid, module, rounds=5, poll=0.0)  # type: ignore[arg-type]
+    got = run_server(grid, module, rounds=8, num_clients=3, poll=0.0)  # type: ignore[arg-type]
     assert grid.most_in_flight >= 2  # several messages in flight, each pulled when its step is due
-    assert torch.allclose(got, _simulate(config, 5), atol=1e-5)
+    assert torch.allclose(got, _simulate(config, 8), atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- real Flower on loopback

@@ -27,6 +27,7 @@ from zoo.datamodules.federated_regression import FederatedRegressionDataModule
 from zoo.datamodules.federated_wls import FederatedWLSDataModule
 from zoo.datamodules.foundation_digits import FoundationDigitsDataModule
 from zoo.datamodules.least_squares import BCDDataModule
+from zoo.datamodules.linear_systems import LinearSystemsDataModule
 from zoo.datamodules.longtail import longtail_counts, longtail_indices
 from zoo.datamodules.mixture import MarkovMixtureDataModule, MixtureDataModule, MixtureSampler
 from zoo.datamodules.moons import MoonsDataModule
@@ -45,6 +46,7 @@ __all__ = [
     "AssociativeMemoryDataModule",
     "BestArmDataModule",
     "BCDDataModule",
+    "LinearSystemsDataModule",
     "MarkovMixtureDataModule",
     "MixtureDataModule",
     "MixtureSampler",

@@ -405,6 +405,16 @@ _ENTRIES: tuple[Entry, ...] = (
         card="paging",
         summary="Paging with one predicted bit per request: follow-the-prediction (discard bits), marking-based robust and phase-prediction variants, Belady's OPT, a learned bit predictor.",
     ),
+    Entry(
+        name="stochastic-balance",
+        paper="Online Matching with Stochastic Rewards: Advanced Analyses Using Configuration Linear Programs",
+        arxiv="2309.10289",
+        kind="algorithm",
+        target="zoo.stochastic_balance.StochasticBalance",
+        module="zoo.stochastic_balance.StochasticBalanceModule",
+        card="stochastic-balance",
+        summary="Stochastic Balance for online matching with stochastic rewards (argmax p psi(load)), Greedy / Ranking / Random baselines, the matching-LP bound with HiGHS.",
+    ),
 )
 
 

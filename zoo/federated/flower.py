@@ -4,11 +4,11 @@ Flower (``flwr``, pinned at 1.42.0) carries the messages; the maths is the entry
 engines compute the same numbers:
 
 - the **ServerApp** (:data:`server_app`) builds the entry's ``FederatedModule`` from the run config
-  and replays the entry's schedule (the first wave, version 0 to every SuperNode, also tells it
-  which node holds which partition): at server step ``n`` it sends each client that starts from version ``n`` the global model
-  and its arrival (client, version, step, local steps), pulls the replies the schedule says return at
-  step ``n`` and calls the same ``Strategy.aggregate`` as the simulator. Asynchronous schedules keep
-  several messages in flight; a reply is pulled when its step is due;
+  and replays its schedule: at server step ``n`` it sends each client that starts from version ``n``
+  the global model and its arrival (client, version, step, local steps), pulls the replies the
+  schedule says return at step ``n`` and calls the same ``Strategy.aggregate`` as the simulator.
+  Asynchronous schedules keep several messages in flight; a reply is pulled when its step is due.
+  The first wave (version 0) goes to every SuperNode and also tells which node holds which partition;
 - the **ClientApp** (:data:`client_app`) holds its partition of the entry's datamodule (node config
   ``partition-id`` / ``num-partitions``). For ``LocalSGD`` it trains a LightningModule holding the
   received flat parameters with ``Trainer(max_steps=K)`` and SGD(lr) over a DataLoader whose
@@ -17,14 +17,15 @@ engines compute the same numbers:
   ``Context.state`` between messages). It replies with the delta ``theta^K - theta_sent``.
 
 Deploy with Flower's own tools: a Flower App whose ``pyproject.toml`` names the components
-``zoo.federated.flower:server_app`` and ``zoo.federated.flower:client_app`` (:func:`zoo.federated.loopback.write_app`
-writes one) and sets the run config keys ``zoo-config`` (the LightningCLI config, model and data, as YAML
-text), ``rounds`` (server steps; 0 takes the module's ``rounds``), ``num-clients`` and ``zoo-out`` (a folder where the
-ServerApp writes ``global_params.safetensors`` and ``result.json``; empty: nothing written). Then
-``flwr run APP CONNECTION`` against a SuperLink with one SuperNode per client started with
-``--node-config 'partition-id=I num-partitions=C'``. :class:`zoo.federated.loopback.LocalFederation`
-does exactly that on loopback and is what ``zoo federate NAME --engine flower`` runs. The apps
-instantiate the classes the run config names (``class_path``), with the trust one gives the app's code.
+``zoo.federated.flower:server_app`` and ``zoo.federated.flower:client_app``
+(:func:`zoo.federated.loopback.write_app` writes one) and sets the run config keys ``zoo-config``
+(the LightningCLI config's model and data, as YAML text), ``rounds`` (server steps; 0 takes the
+module's ``rounds``), ``num-clients`` and ``zoo-out`` (a folder where the ServerApp writes
+``global_params.safetensors`` and ``result.json``; empty: nothing written). Then ``flwr run APP
+CONNECTION`` against a SuperLink with one SuperNode per client started with ``--node-config
+'partition-id=I num-partitions=C'``. :class:`zoo.federated.loopback.LocalFederation` does exactly
+that on loopback and is what ``zoo federate NAME --engine flower`` runs. The apps instantiate the
+classes the run config names (``class_path``), with the trust one gives the app's code.
 """
 
 from __future__ import annotations

@@ -60,6 +60,7 @@ __all__ = [
     "PhaseMarking",
     "RobustDiscard",
     "belady",
+    "build_policy",
     "corrupt_bits",
     "discard_bits",
     "opt_faults",

@@ -18,6 +18,7 @@ from zoo.paging import (
     PhaseMarking,
     RobustDiscard,
     belady,
+    build_policy,
     corrupt_bits,
     discard_bits,
     opt_faults,
@@ -194,3 +195,16 @@ def test_module_rejects_unknown_settings() -> None:
         PagingModule(policy="fifo")
     with pytest.raises(ValueError, match="discard policy"):
         PagingModule(policy="phase", bits="learned")
+
+
+@pytest.mark.parametrize("policy", ["lru", "marking", "ftp", "robust_random", "phase_random"])
+def test_state_dict_resumes_mid_stream_exactly(policy: str, tmp_path) -> None:
+    trace = zipf_trace(2000, 60, 0.8, 300, 9)
+    stream = list(zip(trace, discard_bits(trace, 8)))
+    whole = build_policy(policy, 8, seed=3).serve_all(stream)
+    first = build_policy(policy, 8, seed=3)
+    cost = first.serve_all(stream[:777])
+    torch.save(first.state_dict(), tmp_path / "state.pt")
+    resumed = build_policy(policy, 8, seed=3)
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert cost + resumed.serve_all(stream[777:]) == whole

@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.aioli
 	$(PY) -m benchmarks.bids
 	$(PY) -m benchmarks.federated
+	$(PY) -m benchmarks.stochastic_balance
 	$(PY) -m benchmarks.paging
 
 ## Every entry's claim check, or one: make reproduce ENTRY=anyloss; on fresh seeds: SEED_OFFSET=100.

@@ -29,6 +29,7 @@ from zoo.datamodules.foundation_digits import FoundationDigitsDataModule
 from zoo.datamodules.least_squares import BCDDataModule
 from zoo.datamodules.linear_systems import LinearSystemsDataModule
 from zoo.datamodules.longtail import longtail_counts, longtail_indices
+from zoo.datamodules.matching import MatchingDataModule
 from zoo.datamodules.mixture import MarkovMixtureDataModule, MixtureDataModule, MixtureSampler
 from zoo.datamodules.moons import MoonsDataModule
 from zoo.datamodules.multicolor import MultiColorDigitsDataModule
@@ -47,6 +48,7 @@ __all__ = [
     "BestArmDataModule",
     "BCDDataModule",
     "LinearSystemsDataModule",
+    "MatchingDataModule",
     "MarkovMixtureDataModule",
     "MixtureDataModule",
     "MixtureSampler",

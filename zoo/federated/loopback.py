@@ -314,7 +314,12 @@ def federate(
         args += [f"--data.init_args.num_clients={clients}"] if clients is not None else []
         args += ["--trainer.logger=false", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
         args += ["--trainer.enable_checkpointing=false", f"--trainer.default_root_dir={tmp}"]
-        lcli = build_lightning_cli(args, run=False)
+        try:
+            lcli = build_lightning_cli(args, run=False)
+        except (ValueError, TypeError) as err:  # a value the model or data refuses (e.g. --clients): bad input
+            while (err.__cause__ or err.__context__) is not None:
+                err = err.__cause__ or err.__context__  # type: ignore[assignment]
+            raise ZooError(f"{path}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from None
         module, data, trainer = lcli.model, lcli.datamodule, lcli.trainer
         if not isinstance(module, FederatedModule):
             raise ZooError(f"{path} trains {type(module).__name__}, not a FederatedModule")

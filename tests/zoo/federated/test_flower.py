@@ -253,6 +253,8 @@ def test_flower_loopback_equals_the_simulator_for_two_fedavg_rounds(tmp_path: Pa
         (["federate", "no-such-entry"], "unknown entry"),
         (["federate", "anyloss"], "not a federated entry"),
         (["federate", "anyloss", "--engine", "ray"], "invalid choice"),
+        (["federate", "fedfix", "--rounds", "0"], "must be >= 1"),
+        (["federate", "fedfix", "--model.init_args.rounds=oops"], "rounds"),
     ],
 )
 def test_zoo_federate_refuses_bad_input_in_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -27,6 +27,10 @@ Deviations and guesses:
 - Ties (equal scores) are broken by a random priority over ``U`` drawn per realisation at ``reset``
   (the paper leaves ties arbitrary). Greedy breaks ties towards the highest index, the adversary's
   choice on the triangular graph (the classical hard case for greedy).
+- The bound the module reports is the matching LP. The configuration LP (one variable per offline
+  vertex and set of arrivals; our reading of Huang and Zhang's from their abstract) is
+  :func:`configuration_lp_upper_bound`, for tiny graphs only (it enumerates sets). The paper's
+  Stochastic Configuration LP is not implemented: its definition could not be read here.
 - Ranking is the KVV-style random priority per realisation, ignoring ``p``; Random picks uniformly
   among the available neighbours.
 - The arrays are numpy, not torch: an arrival touches ``samples x degree`` numbers, where numpy's
@@ -60,6 +64,7 @@ __all__ = [
     "choose_random",
     "choose_ranking",
     "choose_stochastic_balance",
+    "configuration_lp_upper_bound",
     "matching_lp_upper_bound",
     "psi",
 ]
@@ -177,6 +182,50 @@ def matching_lp_upper_bound(types: np.ndarray, counts: np.ndarray | None = None)
     )
     if result.status != 0:
         raise RuntimeError(f"HiGHS did not solve the matching LP: {result.message}")
+    return float(-result.fun)
+
+
+def configuration_lp_upper_bound(rows: np.ndarray, max_degree: int = 14) -> float:
+    """The configuration LP (Huang and Zhang, arXiv 2002.01802), for tiny graphs, solved with HiGHS:
+
+    ``max sum_u sum_S x_uS (1 - prod_{v in S} (1 - p_uv))  s.t.  sum_S x_uS <= 1 (each u),
+    sum_u sum_{S ni v} x_uS <= 1 (each arrival v),  x >= 0``, ``S`` ranging over the non-empty sets of
+    ``u``'s neighbouring arrivals (``rows [T, |U|]``, one row per arrival). A configuration's value is the
+    chance that ``u`` is matched when every arrival of ``S`` is tried on it; the LP is at most the
+    matching LP (``1 - prod (1 - p) <= min(1, sum p)``) and at least any fixed assignment's expected reward.
+    With large ``p`` it can fall below the adaptive clairvoyant benchmark (tested), so it is not the
+    module's bound.
+    """
+    rows = np.asarray(rows, dtype=np.float64)
+    values: list[float] = []
+    owner: list[int] = []
+    members: list[np.ndarray] = []
+    for u in range(rows.shape[1]):
+        nbrs = np.flatnonzero(rows[:, u])
+        if nbrs.size > max_degree:
+            raise ValueError(
+                f"offline vertex {u} has {nbrs.size} neighbouring arrivals; the configuration LP enumerates 2^{nbrs.size} sets (max_degree={max_degree})"
+            )
+        for mask in range(1, 1 << nbrs.size):
+            subset = nbrs[[(mask >> i) & 1 == 1 for i in range(nbrs.size)]]
+            values.append(1.0 - float(np.prod(1.0 - rows[subset, u])))
+            owner.append(u)
+            members.append(subset)
+    if not values:
+        return 0.0
+    n = len(values)
+    a_offline = sp.csr_matrix((np.ones(n), (owner, np.arange(n))), shape=(rows.shape[1], n))
+    cols = np.concatenate([np.full(len(m), j) for j, m in enumerate(members)])
+    a_arrival = sp.csr_matrix((np.ones(cols.size), (np.concatenate(members), cols)), shape=(rows.shape[0], n))
+    result = linprog(
+        -np.array(values),
+        A_ub=sp.vstack([a_offline, a_arrival]).tocsr(),
+        b_ub=np.ones(rows.shape[1] + rows.shape[0]),
+        bounds=(0, None),
+        method="highs",
+    )
+    if result.status != 0:
+        raise RuntimeError(f"HiGHS did not solve the configuration LP: {result.message}")
     return float(-result.fun)
 
 

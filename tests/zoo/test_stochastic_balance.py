@@ -22,6 +22,7 @@ from zoo.stochastic_balance import (
     choose_random,
     choose_ranking,
     choose_stochastic_balance,
+    configuration_lp_upper_bound,
     matching_lp_upper_bound,
 )
 
@@ -283,3 +284,41 @@ def test_a_stream_resumed_from_a_checkpoint_continues_the_same_realisations(tmp_
     assert resumed.served == full.served == 120
     assert resumed.cumulative_cost == pytest.approx(full.cumulative_cost, abs=1e-12)
     assert np.array_equal(resumed.algorithm.load, full.algorithm.load)
+
+
+def _best_fixed_assignment(rows: np.ndarray) -> float:
+    """Brute force over every assignment of arrivals to a neighbour or nothing, fixed in advance."""
+    best = 0.0
+    for pick in itertools.product(*[[None, *np.flatnonzero(r)] for r in rows]):
+        fail = np.ones(rows.shape[1])
+        for v, u in enumerate(pick):
+            if u is not None:
+                fail[u] *= 1 - rows[v, u]
+        best = max(best, float((1 - fail).sum()))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_configuration_lp_sits_between_the_best_fixed_assignment_and_the_matching_lp(seed: int) -> None:
+    rows = _tiny(seed + 20)
+    config = configuration_lp_upper_bound(rows)
+    assert _best_fixed_assignment(rows) <= config + 1e-9
+    assert config <= matching_lp_upper_bound(rows) + 1e-9
+
+
+def test_configuration_lp_by_hand_and_with_certain_success() -> None:
+    # one vertex, three arrivals with p = 0.5: the configuration of all three is worth 1 - 0.125 = 0.875,
+    # below the matching LP's 1
+    assert configuration_lp_upper_bound(np.full((3, 1), 0.5)) == pytest.approx(0.875)
+    adj = (np.random.default_rng(4).random((5, 4)) < 0.45).astype(float)
+    assert configuration_lp_upper_bound(adj) == pytest.approx(_max_matching(adj), abs=1e-7)
+    with pytest.raises(ValueError, match="max_degree"):
+        configuration_lp_upper_bound(np.full((20, 1), 0.1))
+
+
+def test_configuration_lp_bounds_fixed_assignments_not_the_adaptive_clairvoyant() -> None:
+    # with large p, adapting to outcomes beats every fixed assignment: here the clairvoyant's 2.12 exceeds
+    # the configuration LP's 2.04, while the matching LP (2.44) still bounds it
+    rows = _tiny(3, arrivals=6, offline=3)
+    assert configuration_lp_upper_bound(rows) < _clairvoyant(rows) - 0.05
+    assert _clairvoyant(rows) <= matching_lp_upper_bound(rows)

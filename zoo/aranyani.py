@@ -155,7 +155,7 @@ def demographic_parity(positives: Tensor, counts: Tensor) -> float:
 class ObliqueForest(nn.Module):
     """``num_trees`` soft oblique trees of depth ``depth``; W, b ~ N(0, 1), Theta ~ U(0, 1) (official init)."""
 
-    def __init__(self, in_dim: int, num_classes: int = 2, num_trees: int = 3, depth: int = 4, seed: int = 0, eps: float = 1e-8) -> None:
+    def __init__(self, in_dim: int = 10, num_classes: int = 2, num_trees: int = 3, depth: int = 4, seed: int = 0, eps: float = 1e-8) -> None:
         super().__init__()
         nodes, leaves = 2**depth - 1, 2**depth
         g = torch.Generator().manual_seed(seed)

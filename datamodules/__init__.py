@@ -15,6 +15,7 @@ from zoo.datamodules.cifar import (
 from zoo.datamodules.continual import SplitTasks
 from zoo.datamodules.contrastive import ContrastiveCIFARDataModule, ContrastiveDigitsDataModule
 from zoo.datamodules.digits import DigitsDataModule
+from zoo.datamodules.fair_rounds import FairRoundsDataModule
 from zoo.datamodules.fair_stream import FairStreamDataModule
 from zoo.datamodules.federated import (
     FederatedDataModule,
@@ -30,6 +31,7 @@ from zoo.datamodules.least_squares import BCDDataModule
 from zoo.datamodules.linear_systems import LinearSystemsDataModule
 from zoo.datamodules.longtail import longtail_counts, longtail_indices
 from zoo.datamodules.matching import MatchingDataModule
+from zoo.datamodules.mip import MipDataModule
 from zoo.datamodules.mixture import MarkovMixtureDataModule, MixtureDataModule, MixtureSampler
 from zoo.datamodules.moons import MoonsDataModule
 from zoo.datamodules.multicolor import MultiColorDigitsDataModule
@@ -49,6 +51,7 @@ __all__ = [
     "BCDDataModule",
     "LinearSystemsDataModule",
     "MatchingDataModule",
+    "MipDataModule",
     "MarkovMixtureDataModule",
     "MixtureDataModule",
     "MixtureSampler",
@@ -77,6 +80,7 @@ __all__ = [
     "ContrastiveCIFARDataModule",
     "ContrastiveDigitsDataModule",
     "DigitsDataModule",
+    "FairRoundsDataModule",
     "FairStreamDataModule",
     "FederatedDataModule",
     "FederatedWLSDataModule",

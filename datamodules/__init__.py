@@ -31,7 +31,6 @@ from zoo.datamodules.least_squares import BCDDataModule
 from zoo.datamodules.linear_systems import LinearSystemsDataModule
 from zoo.datamodules.longtail import longtail_counts, longtail_indices
 from zoo.datamodules.matching import MatchingDataModule
-from zoo.datamodules.mip import MipDataModule
 from zoo.datamodules.mixture import MarkovMixtureDataModule, MixtureDataModule, MixtureSampler
 from zoo.datamodules.moons import MoonsDataModule
 from zoo.datamodules.multicolor import MultiColorDigitsDataModule
@@ -51,7 +50,6 @@ __all__ = [
     "BCDDataModule",
     "LinearSystemsDataModule",
     "MatchingDataModule",
-    "MipDataModule",
     "MarkovMixtureDataModule",
     "MixtureDataModule",
     "MixtureSampler",

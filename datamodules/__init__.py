@@ -31,6 +31,7 @@ from zoo.datamodules.least_squares import BCDDataModule
 from zoo.datamodules.linear_systems import LinearSystemsDataModule
 from zoo.datamodules.longtail import longtail_counts, longtail_indices
 from zoo.datamodules.matching import MatchingDataModule
+from zoo.datamodules.mip import MipDataModule
 from zoo.datamodules.mixture import MarkovMixtureDataModule, MixtureDataModule, MixtureSampler
 from zoo.datamodules.moons import MoonsDataModule
 from zoo.datamodules.multicolor import MultiColorDigitsDataModule
@@ -50,6 +51,7 @@ __all__ = [
     "BCDDataModule",
     "LinearSystemsDataModule",
     "MatchingDataModule",
+    "MipDataModule",
     "MarkovMixtureDataModule",
     "MixtureDataModule",
     "MixtureSampler",

@@ -406,6 +406,16 @@ _ENTRIES: tuple[Entry, ...] = (
         summary="Paging with one predicted bit per request: follow-the-prediction (discard bits), marking-based robust and phase-prediction variants, Belady's OPT, a learned bit predictor.",
     ),
     Entry(
+        name="fair-one-sided",
+        paper="Individually Fair Learning with One-Sided Feedback",
+        arxiv="2206.04475",
+        kind="algorithm",
+        target="zoo.fair_one_sided.Exp2SemiBandit",
+        module="zoo.fair_one_sided.FairOneSidedModule",
+        card="fair-one-sided",
+        summary="One-sided label feedback and an auditor panel reduced to a contextual semi-bandit: Exp2 and Context-Semi-Bandit-FTPL with phantom fairness losses, regret against the best fair policy (HiGHS LP).",
+    ),
+    Entry(
         name="stochastic-balance",
         paper="Online Matching with Stochastic Rewards: Advanced Analyses Using Configuration Linear Programs",
         arxiv="2309.10289",

@@ -273,7 +273,8 @@ class BalansModule(OnlineModule):
     Logs ``train/objective`` (incumbent, the problem's own sense), ``train/gap`` (primal gap vs the
     datamodule's SCIP reference), ``train/arm`` (index into ``destroy_ops``), ``train/reward``; after a
     test stream, per family ``test/<family>/gap`` (mean final primal gap), ``test/<family>/rel``
-    (signed: negative when the incumbent beats the reference), ``test/<family>/solved`` (fraction of
+    (signed: negative when the incumbent beats the reference), ``test/<family>/initial_rel`` (the same
+    for the first SCIP incumbent, before any ALNS iteration), ``test/<family>/solved`` (fraction of
     instances with a feasible incumbent), plus ``test/never_worse`` (1 when no best objective ever got
     worse and the final is no worse than the initial incumbent) and ``test/arm_updates`` (iterations in which
     mabwiser's arm statistics moved, per iteration: 1 when they moved every time).
@@ -336,10 +337,12 @@ class BalansModule(OnlineModule):
             updates += rec["bandit_updates"]
             f, ref = traj[-1], rec["sign"] * rec["optimum"]
             signed = (f - ref) / max(abs(f), abs(ref), 1e-12)  # < 0: better than the SCIP reference
-            by_family.setdefault(name.rsplit("_", 1)[0], []).append((primal_gap(f, ref), signed))
+            start = (traj[0] - ref) / max(abs(traj[0]), abs(ref), 1e-12)  # the first SCIP incumbent's
+            by_family.setdefault(name.rsplit("_", 1)[0], []).append((primal_gap(f, ref), signed, start))
         for family, gaps in by_family.items():
-            logs[f"test/{family}/gap"] = float(np.mean([g for g, _ in gaps]))
-            logs[f"test/{family}/rel"] = float(np.mean([r for _, r in gaps]))
+            logs[f"test/{family}/gap"] = float(np.mean([g[0] for g in gaps]))
+            logs[f"test/{family}/rel"] = float(np.mean([g[1] for g in gaps]))
+            logs[f"test/{family}/initial_rel"] = float(np.mean([g[2] for g in gaps]))
             logs[f"test/{family}/solved"] = 1.0  # _start raises when no feasible incumbent is found
         logs["test/never_worse"] = never_worse
         logs["test/arm_updates"] = updates / max(float(len(self._test_requests)), 1.0)

@@ -425,6 +425,16 @@ _ENTRIES: tuple[Entry, ...] = (
         card="stochastic-balance",
         summary="Stochastic Balance for online matching with stochastic rewards (argmax p psi(load)), Greedy / Ranking / Random baselines, the matching-LP bound with HiGHS.",
     ),
+    Entry(
+        name="balans",
+        paper="Balans: Multi-Armed Bandits-based Adaptive Large Neighborhood Search for Mixed-Integer Programming Problems",
+        arxiv="2412.14382",
+        kind="algorithm",
+        target="zoo.balans.BalansSolver",
+        module="zoo.balans.BalansModule",
+        card="balans",
+        summary="Bandit-driven ALNS for MIP (the balans package on SCIP), stepped one destroy-repair-accept-update iteration per training step.",
+    ),
 )
 
 

@@ -271,8 +271,10 @@ class FairSemiBanditLearner(OnlineAlgorithm):
     under pi_t, the sampled error and the number of reported pairs.
     """
 
-    def __init__(self, C: float, panel: AuditorPanel, w: np.ndarray, b: np.ndarray, seed: int) -> None:
-        self.C, self.panel, self.w, self.b, self.seed = float(C), panel, w, b, seed
+    def __init__(self, C: float = 1.0, panel: AuditorPanel | None = None, w: np.ndarray | None = None, b: np.ndarray | None = None, seed: int = 0) -> None:
+        if w is None or b is None:
+            w, b = threshold_class()
+        self.C, self.panel, self.w, self.b, self.seed = float(C), panel if panel is not None else AuditorPanel(), w, b, seed
         self.cumulative = np.zeros(len(b))
         self.rng = np.random.default_rng(seed)
         self.history: list[tuple[float, float, int]] = []
@@ -310,7 +312,16 @@ class FairSemiBanditLearner(OnlineAlgorithm):
 class Exp2SemiBandit(FairSemiBanditLearner):
     """Exp2 (Bubeck et al. 2012) over ``H`` with importance-weighted semi-bandit loss estimates."""
 
-    def __init__(self, C: float, panel: AuditorPanel, w: np.ndarray, b: np.ndarray, seed: int, eta: float = 0.02, gamma: float = 0.05) -> None:
+    def __init__(
+        self,
+        C: float = 1.0,
+        panel: AuditorPanel | None = None,
+        w: np.ndarray | None = None,
+        b: np.ndarray | None = None,
+        seed: int = 0,
+        eta: float = 0.02,
+        gamma: float = 0.05,
+    ) -> None:
         super().__init__(C, panel, w, b, seed)
         self.eta, self.gamma = float(eta), float(gamma)
 
@@ -334,10 +345,20 @@ class ContextSemiBanditFTPL(FairSemiBanditLearner):
     """Context-Semi-Bandit-FTPL (Syrgkanis et al. 2016): perturbed leader over history + Laplace fake examples on a separator set."""
 
     def __init__(
-        self, C: float, panel: AuditorPanel, w: np.ndarray, b: np.ndarray, seed: int, separator: np.ndarray, noise_scale: float = 20.0, resamples: int = 32
+        self,
+        C: float = 1.0,
+        panel: AuditorPanel | None = None,
+        w: np.ndarray | None = None,
+        b: np.ndarray | None = None,
+        seed: int = 0,
+        separator: np.ndarray | None = None,
+        noise_scale: float = 20.0,
+        resamples: int = 32,
     ) -> None:
         super().__init__(C, panel, w, b, seed)
-        self.separator_preds = predict_all(w, b, separator)
+        if separator is None:
+            separator = separator_set(self.w, self.b, 40, seed)
+        self.separator_preds = predict_all(self.w, self.b, separator)
         self.noise_scale, self.resamples = float(noise_scale), int(resamples)
 
     def draws(self, count: int) -> np.ndarray:
@@ -358,7 +379,16 @@ class ContextSemiBanditFTPL(FairSemiBanditLearner):
 class NaiveOneSided(FairSemiBanditLearner):
     """Hedge on full-information losses with unseen labels imputed as 0 (the hidden-outcome bias)."""
 
-    def __init__(self, C: float, panel: AuditorPanel, w: np.ndarray, b: np.ndarray, seed: int, eta: float = 0.02, gamma: float = 0.0) -> None:
+    def __init__(
+        self,
+        C: float = 1.0,
+        panel: AuditorPanel | None = None,
+        w: np.ndarray | None = None,
+        b: np.ndarray | None = None,
+        seed: int = 0,
+        eta: float = 0.02,
+        gamma: float = 0.0,
+    ) -> None:
         super().__init__(C, panel, w, b, seed)
         self.eta, self.gamma = float(eta), float(gamma)
 
@@ -381,7 +411,7 @@ class FairOneSidedModule(OnlineModule):
     ``h``'s when ``C = 0``), the same over the first ``early_fraction`` of the rounds (``regret_early``)
     and their ratio, ``error_regret`` (expected error minus the best fixed ``h``'s; ``_early`` and
     ``_ratio`` likewise), ``violations``,
-    ``error_rate`` and the benchmarks' totals.
+    ``error_rate`` and the benchmarks' totals. ``forward(round)`` gives the current policy's marginals.
     """
 
     def __init__(
@@ -427,6 +457,19 @@ class FairOneSidedModule(OnlineModule):
             algorithm = ContextSemiBanditFTPL(h.C, self.panel, self.w, self.b, h.seed, sep, h.noise_scale, h.resamples)
         algorithm.cumulative = self.cumulative.numpy()  # same memory as the buffer
         return algorithm
+
+    def forward(self, round_: FairRound) -> torch.Tensor:
+        """The current policy's ``P(y_hat_i = 1)`` on a round's individuals (FTPL: ``resamples`` leaders from a fixed seed)."""
+        algorithm = self.algorithm
+        preds = predict_all(self.w, self.b, np.asarray(round_.x, dtype=np.float64))
+        if isinstance(algorithm, ContextSemiBanditFTPL):
+            noise = np.random.default_rng([self.hparams.seed, 11]).laplace(
+                0.0, algorithm.noise_scale, size=(algorithm.resamples, algorithm.separator_preds.shape[1])
+            )
+            q = preds[perturbed_leaders(self.cumulative.numpy(), algorithm.separator_preds, noise)].mean(0)
+        else:
+            q = exp2_policy(self.cumulative.numpy(), self.hparams.eta, self.hparams.gamma if self.hparams.learner == "exp2" else 0.0) @ preds
+        return torch.from_numpy(q)
 
     def _benchmark(self, rounds: Sequence[FairRound]) -> tuple[float, float]:
         """(benchmark of the regret, best fixed h's error) on ``rounds``."""

@@ -179,6 +179,8 @@ def test_the_module_logs_regret_against_the_benchmarks(tmp_path) -> None:
     assert float(m["train/violations"]) == hist[:, 2].sum() and float(m["train/sampled_error"]) + hist[:, 2].sum() == pytest.approx(model.cumulative_cost)
     assert float(m["train/error_regret"]) == pytest.approx(hist[:, 0].sum() - errors.min())
     assert torch.equal(model.cumulative, torch.from_numpy(model.algorithm.cumulative))  # the learner's state is the buffer
+    policy = exp2_policy(model.cumulative.numpy(), 0.1, 0.05)
+    assert torch.allclose(model(rounds[0]), torch.from_numpy(policy @ predict_all(model.w, model.b, rounds[0].x)))
     test = trainer.test(model, datamodule=data, verbose=False)[0]
     assert test["test/ratio"] == pytest.approx(test["test/cost"] / test["test/benchmark"])
 

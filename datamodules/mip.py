@@ -16,7 +16,8 @@ Families (``families`` is a list, served in that order):
   the gap within a second (the bandit-vs-random comparison).
 
 The ``balans`` package ships no instance files in its wheel (its MIPLIB test instances live in the
-repository's ``tests/data``), so only generated instances are served here.
+repository's ``tests/data``); such files (``.lp`` / ``.mps``, any format SCIP reads) are served after the
+generated families when listed in ``files`` (family ``file``), each with its own SCIP reference.
 """
 
 from __future__ import annotations
@@ -101,13 +102,19 @@ class MipDataModule(LightningDataModule):
         reference_time: float = 3.0,
         seed: int = 0,
         root: str | None = None,
+        files: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        families = list(families or ["set_cover", "knapsack"])
+        families = list(families if families is not None else ["set_cover", "knapsack"])
         for f in families:
             if f not in FAMILIES:
                 raise ValueError(f"unknown MIP family {f!r}; choose from {', '.join(FAMILIES)}")
+        missing = [f for f in files or [] if not Path(f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"MIP instance files not found: {missing}; pass paths SCIP can read (.lp, .mps)")
+        if not families and not files:
+            raise ValueError("no instances: give at least one family or one file")
         if iterations < 1 or instances < 1:
             raise ValueError(f"iterations and instances must be >= 1, got {iterations} and {instances}")
         self.families = families
@@ -137,11 +144,15 @@ class MipDataModule(LightningDataModule):
                 seed = h.seed * 1009 + fi * 101 + k
                 path = root / f"{family}_{h.seed}_{k}.lp"
                 _write(path, family, self._generate(family, k, seed))
-                optimum, proven = scip_optimum(str(path), h.reference_time)
-                name = f"{family}_{k}"
-                self.requests += [
-                    {"path": str(path), "name": name, "family": family, "optimum": optimum, "proven": proven, "iteration": t} for t in range(h.iterations)
-                ]
+                self._add(str(path), f"{family}_{k}", family)
+        for k, path in enumerate(h.files or []):
+            self._add(str(path), f"file_{k}", "file")
+
+    def _add(self, path: str, name: str, family: str) -> None:
+        optimum, proven = scip_optimum(path, self.hparams.reference_time)
+        self.requests += [
+            {"path": path, "name": name, "family": family, "optimum": optimum, "proven": proven, "iteration": t} for t in range(self.hparams.iterations)
+        ]
 
     def teardown(self, stage: str | None = None) -> None:
         del stage  # files stay until the datamodule is collected: a test after a fit reuses them

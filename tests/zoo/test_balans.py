@@ -151,3 +151,33 @@ def test_module_fits_logs_and_checkpoints_arm_statistics(tmp_path) -> None:
     metrics = trainer.test(model, dm, verbose=False)[0]
     assert metrics["test/set_cover/gap"] <= 1e-6 and metrics["test/knapsack/gap"] <= 1e-6
     assert metrics["test/never_worse"] == 1.0 and metrics["test/arm_updates"] == 1.0
+
+
+def test_a_user_mps_file_with_general_integers_drops_binary_arms_and_is_solved(tmp_path) -> None:
+    from pyscipopt import Model
+
+    m = Model()  # max 3x + 2y + z, general integers x, y and a continuous z: no binaries
+    m.hideOutput()
+    x, y = m.addVar("x", vtype="I", lb=0, ub=10, obj=3.0), m.addVar("y", vtype="I", lb=0, ub=10, obj=2.0)
+    z = m.addVar("z", vtype="C", lb=0, ub=1.5, obj=1.0)
+    m.addCons(2 * x + 3 * y + z <= 17.3)
+    m.addCons(x - y <= 2.5)
+    m.setMaximize()
+    m.writeProblem(str(tmp_path / "gi.mps"), verbose=False)
+    brute = max(3 * a + 2 * b + min(1.5, 17.3 - 2 * a - 3 * b) for a in range(11) for b in range(11) if 2 * a + 3 * b <= 17.3 and a - b <= 2.5)
+    requests = _stream(tmp_path / "mip", families=[], files=[str(tmp_path / "gi.mps")], iterations=3)
+    assert requests[0]["optimum"] == pytest.approx(brute) and requests[0]["proven"]
+    alg = BalansSolver(seed=8, **FAST)
+    for r in requests:
+        alg.serve(r)
+    rec = alg.records["file_0"]
+    assert rec["best"][-1] == pytest.approx(brute, abs=1e-6)
+    assert not any(a.startswith(("local_branching", "proximity")) for a in rec["arms"]) and len(rec["arms"]) == 10
+    assert len(alg._arm_index) == len(alg._selector.mab.arms) == 10  # the bandit rebuilt with the remaining arms
+
+
+def test_missing_instance_files_are_refused(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="not found"):
+        MipDataModule(files=[str(tmp_path / "nope.lp")])
+    with pytest.raises(ValueError, match="no instances"):
+        MipDataModule(families=[])

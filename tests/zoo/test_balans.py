@@ -181,3 +181,29 @@ def test_missing_instance_files_are_refused(tmp_path) -> None:
         MipDataModule(files=[str(tmp_path / "nope.lp")])
     with pytest.raises(ValueError, match="no instances"):
         MipDataModule(families=[])
+
+
+def test_a_resumed_run_keeps_the_arm_statistics_and_the_stream_position(tmp_path) -> None:
+    from lightning.pytorch import Callback
+
+    class Crash(Exception):
+        pass
+
+    class CrashAfterTwoIterations(Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if args[-1] == 1:
+                trainer.save_checkpoint(tmp_path / "half.ckpt")
+                raise Crash
+
+    def trainer(**kw) -> Trainer:
+        return Trainer(
+            max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path, **kw
+        )
+
+    dm = MipDataModule(families=["set_cover"], iterations=5, root=str(tmp_path / "mip"))
+    with pytest.raises(Crash):
+        trainer(callbacks=[CrashAfterTwoIterations()]).fit(BalansModule(seed=9, **FAST), dm)
+    resumed = BalansModule(seed=9, **FAST)
+    trainer().fit(resumed, dm, ckpt_path=tmp_path / "half.ckpt", weights_only=True)
+    assert resumed.served == 5 and float(resumed.pulls.sum()) == 5.0  # 2 before the crash + 3 after
+    assert resumed.algorithm._instances_started == 2  # the interrupted instance was set up again

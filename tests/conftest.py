@@ -55,9 +55,7 @@ __all__ = [
     "run_ddp",
 ]
 
-TRAINER_KWARGS: dict[str, Any] = dict(
-    accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0
-)
+TRAINER_KWARGS: dict[str, Any] = dict(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
 
 
 # ------------------------------------------------------------------------ the foreign model
@@ -170,6 +168,56 @@ def crash_and_resume(tmp_path: Path, build: Callable[[], Job], max_epochs: int, 
     last = tmp_path / "ckpt" / "last.ckpt"
     resumed_trainer = _fit(resumed, tmp_path / "resumed", max_epochs, ckpt_path=last)
     return Resumed(reference, reference_trainer, resumed, resumed_trainer, last)
+
+
+class CrashAfterBatch(Callback):
+    """Writes a checkpoint after training batch ``batch_idx`` (in the middle of a pass) and kills the run."""
+
+    def __init__(self, batch_idx: int, path: Path) -> None:
+        self.batch_idx, self.path = batch_idx, path
+
+    @override
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if batch_idx == self.batch_idx:
+            trainer.save_checkpoint(self.path)
+            raise SimulatedCrash(f"simulated crash after batch {batch_idx}")
+
+
+@dataclass
+class MidPassRuns:
+    """One pass straight through (``full``), the run killed mid-pass (``crashed``) and its resumption (``resumed``)."""
+
+    full: LightningModule
+    crashed: LightningModule
+    resumed: LightningModule
+    checkpoint: Path
+
+
+def resume_mid_pass(tmp_path: Path, build: Callable[[], LightningModule], data: Callable[[], Any], crash_batch: int) -> MidPassRuns:
+    """Fit ``build()`` on ``data()`` for one pass; then crash after ``crash_batch`` and resume a fresh ``build()``.
+
+    For stream-serving modules (``OnlineModule``): Lightning replays a mid-epoch resume from the loader's
+    first batch, so only the module's own stream position can make ``resumed`` equal ``full``.
+    """
+
+    def fit(root: str, callbacks: Sequence[Callback] = (), ckpt_path: Path | None = None) -> LightningModule:
+        model = build()
+        trainer = Trainer(max_epochs=1, callbacks=list(callbacks), default_root_dir=tmp_path / root, **{**TRAINER_KWARGS, "enable_checkpointing": False})
+        trainer.fit(model, data(), ckpt_path=ckpt_path)
+        return model
+
+    checkpoint = tmp_path / "mid_pass.ckpt"
+    full = fit("full")
+    crashed = build()
+    with pytest.raises(SimulatedCrash):
+        trainer = Trainer(
+            max_epochs=1,
+            callbacks=[CrashAfterBatch(crash_batch, checkpoint)],
+            default_root_dir=tmp_path / "crashed",
+            **{**TRAINER_KWARGS, "enable_checkpointing": False},
+        )
+        trainer.fit(crashed, data())
+    return MidPassRuns(full, crashed, fit("resumed", ckpt_path=checkpoint), checkpoint)
 
 
 def assert_same_state(got: Any, want: Any, where: str = "state", rtol: float = 0.0, atol: float = 0.0) -> None:

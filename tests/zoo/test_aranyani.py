@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Trainer
 
+from tests.conftest import resume_mid_pass
 from zoo.aranyani import (
     AranyaniModule,
     FairOnlineLearner,
@@ -232,26 +233,11 @@ def test_resume_mid_stream_continues_the_same_stream(tmp_path) -> None:
     def data() -> FairStreamDataModule:
         return FairStreamDataModule(num_samples=200, test_samples=50, chunk=20, seed=2)
 
-    full = AranyaniModule(lambda_fair=1.0, seed=2)
-    _trainer(tmp_path / "a").fit(full, data())
-
-    class Crash(Exception):
-        pass
-
-    class CrashMidPass(Callback):
-        def on_train_batch_end(self, trainer, *args) -> None:
-            if args[-1] == 4:
-                trainer.save_checkpoint(tmp_path / "half.ckpt")
-                raise Crash
-
-    half = AranyaniModule(lambda_fair=1.0, seed=2)
-    with pytest.raises(Crash):
-        _trainer(tmp_path / "b", callbacks=[CrashMidPass()]).fit(half, data())
-    assert half.served == 100
-    state = torch.load(tmp_path / "half.ckpt", weights_only=True)["online"]["algorithm"]
+    runs = resume_mid_pass(tmp_path, lambda: AranyaniModule(lambda_fair=1.0, seed=2), data, crash_batch=4)
+    assert runs.crashed.served == 100
+    state = torch.load(runs.checkpoint, weights_only=True)["online"]["algorithm"]
     assert int(state["group_counts"].sum()) == 100  # the aggregates are in the checkpoint
-    resumed = AranyaniModule(lambda_fair=1.0, seed=2)
-    _trainer(tmp_path / "c").fit(resumed, data(), ckpt_path=tmp_path / "half.ckpt")
+    full, resumed = runs.full, runs.resumed
     assert resumed.served == full.served == 200 and resumed.cumulative_cost == full.cumulative_cost
     for p, q in zip(resumed.forest.parameters(), full.forest.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-12)

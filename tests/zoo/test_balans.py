@@ -9,6 +9,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
+from tests.conftest import CrashAfterBatch, SimulatedCrash
 from zoo.balans import BalansModule, BalansSolver, bandit_observations, primal_gap, prior_observations, reward_of
 from zoo.datamodules.mip import MipDataModule, _write, knapsack_instance, scip_optimum, set_cover_instance
 
@@ -184,25 +185,14 @@ def test_missing_instance_files_are_refused(tmp_path) -> None:
 
 
 def test_a_resumed_run_keeps_the_arm_statistics_and_the_stream_position(tmp_path) -> None:
-    from lightning.pytorch import Callback
-
-    class Crash(Exception):
-        pass
-
-    class CrashAfterTwoIterations(Callback):
-        def on_train_batch_end(self, trainer, *args) -> None:
-            if args[-1] == 1:
-                trainer.save_checkpoint(tmp_path / "half.ckpt")
-                raise Crash
-
     def trainer(**kw) -> Trainer:
         return Trainer(
             max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path, **kw
         )
 
     dm = MipDataModule(families=["set_cover"], iterations=5, root=str(tmp_path / "mip"))
-    with pytest.raises(Crash):
-        trainer(callbacks=[CrashAfterTwoIterations()]).fit(BalansModule(seed=9, **FAST), dm)
+    with pytest.raises(SimulatedCrash):
+        trainer(callbacks=[CrashAfterBatch(1, tmp_path / "half.ckpt")]).fit(BalansModule(seed=9, **FAST), dm)
     resumed = BalansModule(seed=9, **FAST)
     trainer().fit(resumed, dm, ckpt_path=tmp_path / "half.ckpt", weights_only=True)
     assert resumed.served == 5 and float(resumed.pulls.sum()) == 5.0  # 2 before the crash + 3 after

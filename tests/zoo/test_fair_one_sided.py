@@ -8,9 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Trainer
 from scipy.optimize import linprog
 
+from tests.conftest import resume_mid_pass
 from zoo.datamodules import FairRoundsDataModule
 from zoo.fair_one_sided import (
     AuditorPanel,
@@ -187,25 +188,12 @@ def test_the_module_logs_regret_against_the_benchmarks(tmp_path) -> None:
 
 @pytest.mark.parametrize("learner", ["exp2", "ftpl"])
 def test_a_run_resumed_mid_stream_equals_an_uninterrupted_one(tmp_path, learner: str) -> None:
-    def run(root, **kw):
-        data = FairRoundsDataModule(rounds=60, chunk=20, seed=2)
-        model = FairOneSidedModule(learner=learner, n_directions=6, n_offsets=3, separator_size=10, resamples=4, seed=2)
-        trainer = Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False, default_root_dir=root, **kw.pop("trainer", {}))
-        trainer.fit(model, datamodule=data, **kw)
-        return model
-
-    class Crash(Exception):
-        pass
-
-    class CrashAfterTwoChunks(Callback):
-        def on_train_batch_end(self, trainer, *args) -> None:
-            if args[-1] == 1:
-                trainer.save_checkpoint(tmp_path / "half.ckpt")
-                raise Crash
-
-    full = run(tmp_path / "a")
-    with pytest.raises(Crash):
-        run(tmp_path / "b", trainer={"callbacks": [CrashAfterTwoChunks()]})
-    resumed = run(tmp_path / "c", ckpt_path=tmp_path / "half.ckpt")
+    runs = resume_mid_pass(
+        tmp_path,
+        lambda: FairOneSidedModule(learner=learner, n_directions=6, n_offsets=3, separator_size=10, resamples=4, seed=2),
+        lambda: FairRoundsDataModule(rounds=60, chunk=20, seed=2),
+        crash_batch=1,
+    )
+    full, resumed = runs.full, runs.resumed
     assert resumed.algorithm.history == full.algorithm.history and resumed.cumulative_cost == full.cumulative_cost
     assert torch.equal(resumed.cumulative, full.cumulative)

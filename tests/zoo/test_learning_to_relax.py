@@ -11,6 +11,7 @@ import scipy.sparse as sp
 import torch
 from lightning.pytorch import Trainer
 
+from tests.conftest import resume_mid_pass
 from zoo.datamodules import LinearSystemsDataModule
 from zoo.datamodules.linear_systems import laplacian_2d
 from zoo.learning_to_relax import (
@@ -195,27 +196,12 @@ def test_the_module_logs_true_totals_against_gauss_seidel_and_the_best_fixed_ome
 
 
 def test_a_run_resumed_mid_sequence_equals_an_uninterrupted_one(tmp_path) -> None:
-    from lightning.pytorch import Callback
-
-    def run(root, **kw):
-        data = LinearSystemsDataModule(side=4, systems=30, chunk=10, seed=2)
-        model = LearningToRelaxModule(grid_size=4, omega_high=1.6, seed=2)
-        trainer = Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False, default_root_dir=root, **kw.pop("trainer", {}))
-        trainer.fit(model, datamodule=data, **kw)
-        return model
-
-    class Crash(Exception):
-        pass
-
-    class CrashAfterTwoChunks(Callback):
-        def on_train_batch_end(self, trainer, *args) -> None:
-            if args[-1] == 1:
-                trainer.save_checkpoint(tmp_path / "half.ckpt")
-                raise Crash
-
-    full = run(tmp_path / "a")
-    with pytest.raises(Crash):
-        run(tmp_path / "b", trainer={"callbacks": [CrashAfterTwoChunks()]})
-    resumed = run(tmp_path / "c", ckpt_path=tmp_path / "half.ckpt")
+    runs = resume_mid_pass(
+        tmp_path,
+        lambda: LearningToRelaxModule(grid_size=4, omega_high=1.6, seed=2),
+        lambda: LinearSystemsDataModule(side=4, systems=30, chunk=10, seed=2),
+        crash_batch=1,
+    )
+    full, resumed = runs.full, runs.resumed
     assert resumed.algorithm.history == full.algorithm.history and resumed.cumulative_cost == full.cumulative_cost
     assert torch.equal(resumed.k, full.k) and torch.equal(resumed.algorithm.state["k"], resumed.k)

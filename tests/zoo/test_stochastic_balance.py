@@ -10,6 +10,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
+from tests.conftest import resume_mid_pass
 from zoo.datamodules.matching import MatchingDataModule, kvv_graph, random_graph, triangular_graph
 from zoo.stochastic_balance import (
     ALGORITHMS,
@@ -256,31 +257,9 @@ def test_module_fits_and_tests_with_the_lp_benchmark(tmp_path) -> None:
 
 
 def test_a_stream_resumed_from_a_checkpoint_continues_the_same_realisations(tmp_path) -> None:
-    from lightning.pytorch import Callback
-
     dm = MatchingDataModule(family="random", num_offline=12, arrivals=120, degree=3, p_low=0.1, p_high=0.4, chunk=20, seed=1)
-
-    def trainer(root, **kw) -> Trainer:
-        return Trainer(
-            logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, max_epochs=1, default_root_dir=root, **kw
-        )
-
-    full = StochasticBalanceModule(num_offline=12, samples=16, seed=2)
-    trainer(tmp_path / "a").fit(full, datamodule=dm)
-
-    class Crash(Exception):
-        pass
-
-    class CrashAfterThreeChunks(Callback):
-        def on_train_batch_end(self, trainer, *args) -> None:
-            if args[-1] == 2:
-                trainer.save_checkpoint(tmp_path / "half.ckpt")
-                raise Crash
-
-    with pytest.raises(Crash):
-        trainer(tmp_path / "b", callbacks=[CrashAfterThreeChunks()]).fit(StochasticBalanceModule(num_offline=12, samples=16, seed=2), datamodule=dm)
-    resumed = StochasticBalanceModule(num_offline=12, samples=16, seed=2)
-    trainer(tmp_path / "c").fit(resumed, datamodule=dm, ckpt_path=tmp_path / "half.ckpt")
+    runs = resume_mid_pass(tmp_path, lambda: StochasticBalanceModule(num_offline=12, samples=16, seed=2), lambda: dm, crash_batch=2)
+    full, resumed = runs.full, runs.resumed
     assert resumed.served == full.served == 120
     assert resumed.cumulative_cost == pytest.approx(full.cumulative_cost, abs=1e-12)
     assert np.array_equal(resumed.algorithm.load, full.algorithm.load)

@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader
 
+from tests.conftest import resume_mid_pass
 from zoo.templates.online import OnlineAlgorithm, OnlineModule
 
 
@@ -66,27 +67,11 @@ def test_test_stream_logs_cost_benchmark_ratio_and_regret(tmp_path) -> None:
 
 
 def test_a_resumed_stream_continues_with_the_algorithm_state_and_totals(tmp_path) -> None:
-    full = FTLModule()
-    _trainer(tmp_path / "a", max_epochs=1, enable_checkpointing=False).fit(full, _loader())
-
-    class Crash(Exception):
-        pass
-
-    class CrashAfterTwoChunks(Callback):  # a checkpoint written mid-pass, then the process dies
-        def on_train_batch_end(self, trainer, *args) -> None:
-            if args[-1] == 1:
-                trainer.save_checkpoint(tmp_path / "half.ckpt")
-                raise Crash
-
-    half = FTLModule()
-    with pytest.raises(Crash):
-        _trainer(tmp_path / "b", max_epochs=1, enable_checkpointing=False, callbacks=[CrashAfterTwoChunks()]).fit(half, _loader())
-    assert half.served == 4
-    resumed = FTLModule()
-    _trainer(tmp_path / "c", max_epochs=1, enable_checkpointing=False).fit(resumed, _loader(), ckpt_path=tmp_path / "half.ckpt")
-    assert resumed.served == full.served == 6
-    assert resumed.cumulative_cost == full.cumulative_cost == 5.0
-    assert torch.equal(resumed.algorithm.state_dict()["totals"], full.algorithm.state_dict()["totals"])
+    runs = resume_mid_pass(tmp_path, FTLModule, _loader, crash_batch=1)
+    assert runs.crashed.served == 4
+    assert runs.resumed.served == runs.full.served == 6
+    assert runs.resumed.cumulative_cost == runs.full.cumulative_cost == 5.0
+    assert torch.equal(runs.resumed.algorithm.state_dict()["totals"], runs.full.algorithm.state_dict()["totals"])
 
 
 def test_a_reward_stream_reports_regret_as_the_shortfall() -> None:

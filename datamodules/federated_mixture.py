@@ -20,17 +20,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
+from zoo.afl import worker_groups
 from zoo.datamodules.federated import FederatedDataModule
 from zoo.federated import ClientData
 
 __all__ = ["FederatedMixtureDataModule", "worker_groups"]
-
-
-def worker_groups(num_clients: int, num_groups: int) -> Tensor:
-    """Group of each worker, ``g_i = floor(i / (M / G))``: consecutive blocks of ``M / G`` workers."""
-    if num_clients % num_groups:
-        raise ValueError(f"num_clients ({num_clients}) must be a multiple of the number of groups ({num_groups})")
-    return torch.arange(num_clients) // (num_clients // num_groups)
 
 
 class FederatedMixtureDataModule(FederatedDataModule):

@@ -37,20 +37,39 @@ def zoo_files() -> list[Path]:
     return sorted(p for p in ZOO_DIR.rglob("*.py") if "__pycache__" not in p.parts)
 
 
-def callback_imports(source: str, module: str) -> list[str]:
-    """The import statements of ``source`` (the module ``module``) that reach ``zoo.callbacks``, as text."""
+def _import_nodes(tree: ast.AST, module_level: bool) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement, or only those that run when the module is imported (not inside a function)."""
+    found: list[ast.Import | ast.ImportFrom] = []
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        elif module_level and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def package_imports(source: str, module: str, package: str = "zoo.callbacks", module_level: bool = False) -> list[str]:
+    """The import statements of ``source`` (the module ``module``) that reach ``package``, as text."""
     found = []
-    for node in ast.walk(ast.parse(source)):
+    for node in _import_nodes(ast.parse(source), module_level):
         if isinstance(node, ast.Import):
-            found += [alias.name for alias in node.names if alias.name == "zoo.callbacks" or alias.name.startswith("zoo.callbacks.")]
-        elif isinstance(node, ast.ImportFrom):
+            found += [alias.name for alias in node.names if alias.name == package or alias.name.startswith(f"{package}.")]
+        else:
             base = node.module or ""
             if node.level:  # relative: resolve against the importing module's package
-                package = module.split(".")[: -node.level]  # ``module`` names a package's __init__ as "pkg.__init__"
-                base = ".".join([*package, *([base] if base else [])])
+                parent = module.split(".")[: -node.level]  # ``module`` names a package's __init__ as "pkg.__init__"
+                base = ".".join([*parent, *([base] if base else [])])
             targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
-            found += [t for t in targets if t == "zoo.callbacks" or t.startswith("zoo.callbacks.")][:1]
+            found += [t for t in targets if t == package or t.startswith(f"{package}.")][:1]
     return found
+
+
+def callback_imports(source: str, module: str) -> list[str]:
+    """The import statements of ``source`` (the module ``module``) that reach ``zoo.callbacks``, as text."""
+    return package_imports(source, module)
 
 
 def test_the_checker_sees_every_form_of_import() -> None:
@@ -63,6 +82,20 @@ def test_the_checker_sees_every_form_of_import() -> None:
     assert callback_imports("from ..callbacks.alf_lb import X", "zoo.pkg.__init__") == ["zoo.callbacks.alf_lb"]
     assert callback_imports("from . import callbacks", "zoo.__init__") == ["zoo.callbacks"]
     assert callback_imports("import zoo.hub\nfrom zoo.alf_lb import bias_update\nx = 'zoo.callbacks.alf_lb'", "zoo.x") == []
+
+
+def test_the_module_level_checker_skips_function_bodies() -> None:
+    source = "from zoo.datamodules.x import a\ndef f():\n    from zoo.datamodules.y import b\nclass C:\n    import zoo.datamodules.z\n"
+    assert sorted(package_imports(source, "zoo.x", "zoo.datamodules", module_level=True)) == ["zoo.datamodules.x", "zoo.datamodules.z"]
+
+
+@pytest.mark.parametrize("path", zoo_files(), ids=lambda p: str(p.relative_to(ZOO_DIR)))
+def test_zoo_imports_no_datamodule_at_import_time(path: Path) -> None:
+    """DataModules import zoo's maths (a trace's optimum, a round's type); zoo importing them back at import
+    time makes a cycle that breaks ``import zoo.<entry>`` in a fresh interpreter. Import inside a function."""
+    module = ".".join(("zoo", *path.relative_to(ZOO_DIR).with_suffix("").parts))
+    found = package_imports(path.read_text(), module, "zoo.datamodules", module_level=True)
+    assert not found, f"{path.relative_to(ZOO_DIR.parent)} imports {found} at import time: move what it needs into zoo/ or import it lazily"
 
 
 @pytest.mark.parametrize("name", zoo_modules())

@@ -41,11 +41,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad
 
-from zoo.datamodules.federated_mixture import worker_groups
 from zoo.federated import Arrival, ClientProgram, LocalSGD, Schedule, Strategy, SyncSchedule
 from zoo.templates.federated import FederatedModule
 
 __all__ = [
+    "worker_groups",
     "AFACDStrategy",
     "AFACSStrategy",
     "AFLModule",
@@ -65,6 +65,13 @@ K_MODES = ("iid", "correlated")
 
 
 # ----------------------------------------------------------------------------- the maths
+def worker_groups(num_clients: int, num_groups: int) -> Tensor:
+    """Group of each worker, ``g_i = floor(i / (M / G))``: consecutive blocks of ``M / G`` workers."""
+    if num_clients % num_groups:
+        raise ValueError(f"num_clients ({num_clients}) must be a multiple of the number of groups ({num_groups})")
+    return torch.arange(num_clients) // (num_clients // num_groups)
+
+
 def averaged_gradient(delta: Tensor, steps: Tensor, local_lr: float) -> Tensor:
     """Worker report ``G_i = (x_0 - x_K) / (eta_L K)``: the mean of its ``K`` local stochastic gradients (Alg. 1, worker)."""
     return -delta / (local_lr * steps.to(delta.dtype)[:, None])

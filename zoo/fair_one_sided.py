@@ -376,24 +376,14 @@ class ContextSemiBanditFTPL(FairSemiBanditLearner):
         self.cumulative += preds @ semi_bandit_estimate(loss, chosen, geometric_resampling(extra))
 
 
-class NaiveOneSided(FairSemiBanditLearner):
-    """Hedge on full-information losses with unseen labels imputed as 0 (the hidden-outcome bias)."""
+class NaiveOneSided(Exp2SemiBandit):
+    """Hedge on full-information losses with unseen labels imputed as 0 (the hidden-outcome bias); no exploration by default."""
 
-    def __init__(
-        self,
-        C: float = 1.0,
-        panel: AuditorPanel | None = None,
-        w: np.ndarray | None = None,
-        b: np.ndarray | None = None,
-        seed: int = 0,
-        eta: float = 0.02,
-        gamma: float = 0.0,
-    ) -> None:
-        super().__init__(C, panel, w, b, seed)
-        self.eta, self.gamma = float(eta), float(gamma)
+    def __init__(self, *args: Any, gamma: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, gamma=gamma, **kwargs)
 
     def marginals_and_action(self, preds: np.ndarray) -> tuple[np.ndarray, np.ndarray, Any]:
-        p = exp2_policy(self.cumulative, self.eta, self.gamma)
+        p = self.policy()
         h = self.rng.choice(len(p), p=p)
         return p @ preds, preds[h], None
 
@@ -451,7 +441,7 @@ class FairOneSidedModule(OnlineModule):
         if h.learner == "exp2":
             algorithm = Exp2SemiBandit(h.C, self.panel, self.w, self.b, h.seed, h.eta, h.gamma)
         elif h.learner == "naive":
-            algorithm = NaiveOneSided(h.C, self.panel, self.w, self.b, h.seed, h.eta, 0.0)
+            algorithm = NaiveOneSided(h.C, self.panel, self.w, self.b, h.seed, h.eta)
         else:
             sep = separator_set(self.w, self.b, h.separator_size, h.seed)
             algorithm = ContextSemiBanditFTPL(h.C, self.panel, self.w, self.b, h.seed, sep, h.noise_scale, h.resamples)

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zoo.datamodules.continual import task_schedule
 from zoo.nn.backbones import build_backbone
 from zoo.nn.replay import ReservoirBuffer
 from zoo.templates.classifier import ClassifierModule
@@ -102,6 +101,8 @@ class ContinualClassifier(ClassifierModule):
 
     @property
     def current_task(self) -> int:
+        from zoo.datamodules.continual import task_schedule  # here, not at import: zoo.datamodules imports zoo's entries
+
         schedule = task_schedule(self.trainer) if self._trainer is not None else None
         return schedule.task_of_epoch(self.trainer.current_epoch) if schedule is not None else 0
 

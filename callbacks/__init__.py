@@ -10,6 +10,7 @@ from zoo.callbacks.bids import BIDSSelection
 from zoo.callbacks.continual import ContinualEvaluation
 from zoo.callbacks.dynamic_ema import DynamicEMA, TaskEndEMA
 from zoo.callbacks.neural_collapse import NeuralCollapseMonitor
+from zoo.callbacks.one_step_rebalance import OneStepRebalance
 from zoo.callbacks.robustness import RobustnessEvaluation
 from zoo.callbacks.save_pretrained import SavePretrained
 from zoo.callbacks.sbcl import SubclassClustering
@@ -23,6 +24,7 @@ __all__ = [
     "ContinualEvaluation",
     "DynamicEMA",
     "NeuralCollapseMonitor",
+    "OneStepRebalance",
     "RobustnessEvaluation",
     "StopAtThreshold",
     "SavePretrained",

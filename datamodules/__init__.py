@@ -12,6 +12,7 @@ from zoo.datamodules.cifar import (
     CIFAR100LTDataModule,
     CIFARDataModule,
 )
+from zoo.datamodules.completion import CompletionDataModule
 from zoo.datamodules.continual import SplitTasks
 from zoo.datamodules.contrastive import ContrastiveCIFARDataModule, ContrastiveDigitsDataModule
 from zoo.datamodules.digits import DigitsDataModule
@@ -38,7 +39,9 @@ from zoo.datamodules.multicolor import MultiColorDigitsDataModule
 from zoo.datamodules.multilabel import COCOPLTDataModule, MultiLabelDataModule, SyntheticPLTDataModule, VOCPLTDataModule
 from zoo.datamodules.multimodal import CREMADDataModule, KineticsSoundsDataModule, MultimodalDigitsDataModule
 from zoo.datamodules.paging import PagingDataModule
+from zoo.datamodules.permutations import PermutationDataModule
 from zoo.datamodules.rbc import ChulaRBC12DataModule, OverlappingCellsDataModule, ShuffledTailDigitsDataModule
+from zoo.datamodules.sensing import SensingDataModule
 from zoo.datamodules.subset import SubsetDataModule
 from zoo.datamodules.tabular import SyntheticBinaryDataModule
 from zoo.datamodules.tokens import SyntheticRouterScores, ZipfTokenDataModule
@@ -49,6 +52,7 @@ __all__ = [
     "AssociativeMemoryDataModule",
     "BestArmDataModule",
     "BCDDataModule",
+    "CompletionDataModule",
     "LinearSystemsDataModule",
     "MatchingDataModule",
     "MipDataModule",
@@ -59,11 +63,13 @@ __all__ = [
     "MovingDigitsDataModule",
     "UCF101DataModule",
     "MoonsDataModule",
+    "SensingDataModule",
     "SplitTasks",
     "MultiColorDigitsDataModule",
     "ChulaRBC12DataModule",
     "OverlappingCellsDataModule",
     "PagingDataModule",
+    "PermutationDataModule",
     "ShuffledTailDigitsDataModule",
     "COCOPLTDataModule",
     "CREMADDataModule",

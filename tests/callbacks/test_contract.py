@@ -42,6 +42,7 @@ from zoo.callbacks import (
     ContinualEvaluation,
     DynamicEMA,
     NeuralCollapseMonitor,
+    OneStepRebalance,
     RobustnessEvaluation,
     SavePretrained,
     StopAtThreshold,
@@ -145,6 +146,22 @@ class ForeignSubclassed(ForeignClassifier):
         self.subclasses = (subclass_targets, temperature_scales)
 
 
+class ForeignFactorised(ForeignClassifier):
+    """The foreign classifier with a factorised linear head ``x F G^T`` and ``factor_parameters()``: what OneStepRebalance needs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        del self.net
+        self.F = nn.Parameter(0.1 * torch.randn(8, 4, generator=torch.Generator().manual_seed(0)))
+        self.G = nn.Parameter(0.1 * torch.randn(3, 4, generator=torch.Generator().manual_seed(1)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x @ self.F @ self.G.T
+
+    def factor_parameters(self) -> tuple[nn.Parameter, nn.Parameter]:
+        return self.F, self.G
+
+
 class BlobsInOrder(LightningDataModule):
     """Blob data (class 0 twice the size of the others) with ``eval_train_dataloader()``: what SubclassClustering embeds."""
 
@@ -231,6 +248,10 @@ def build_bids() -> Job:
     return job
 
 
+def build_one_step_rebalance() -> Job:
+    return Job(ForeignFactorised(), [OneStepRebalance(at_step=3, gamma=0.5)], {"train_dataloaders": blob_loader()})
+
+
 def build_stop_at_threshold() -> Job:
     return _plain(StopAtThreshold("train_loss", threshold=0.3, mode="min"))  # the per-step loss first dips under 0.3 at step 8
 
@@ -284,6 +305,10 @@ def _selected(cb: BIDSSelection) -> None:
     assert cb.class_counts is not None and sum(cb.class_counts) == 32 and min(cb.class_counts) > 0
 
 
+def _rebalanced(cb: OneStepRebalance) -> None:
+    assert cb.applied_step == 3 and cb.imbalance_before is not None and cb.imbalance_before > 0
+
+
 def _nothing(cb: Callback) -> None:
     """RobustnessEvaluation keeps no state; its metrics are the evidence."""
 
@@ -318,6 +343,7 @@ SPECS: dict[type[Callback], Spec] = {
     ),
     BIDSSelection: Spec(build_bids, _selected, ("bids/selected", "bids/min_class_selected"), needs="needs a DataModule"),  # type: ignore[arg-type]
     AioliMixing: Spec(build_aioli, _mixed, ("aioli/p_0",), needs="needs a mixture DataModule"),  # type: ignore[arg-type]
+    OneStepRebalance: Spec(build_one_step_rebalance, _rebalanced, needs="needs a module with factor_parameters"),  # type: ignore[arg-type]
     AdaB2NCallback: Spec(  # type: ignore[arg-type]
         build_adab2n, _tasks_ended, ("train/adab2n_penalty",), ("train/adab2n_penalty", "running_"), needs="no AdaB2N layer; convert its BatchNorm2d first"
     ),

@@ -12,7 +12,6 @@ from zoo.datamodules.cifar import (
     CIFAR100LTDataModule,
     CIFARDataModule,
 )
-from zoo.datamodules.completion import CompletionDataModule
 from zoo.datamodules.continual import SplitTasks
 from zoo.datamodules.contrastive import ContrastiveCIFARDataModule, ContrastiveDigitsDataModule
 from zoo.datamodules.digits import DigitsDataModule
@@ -39,7 +38,6 @@ from zoo.datamodules.multicolor import MultiColorDigitsDataModule
 from zoo.datamodules.multilabel import COCOPLTDataModule, MultiLabelDataModule, SyntheticPLTDataModule, VOCPLTDataModule
 from zoo.datamodules.multimodal import CREMADDataModule, KineticsSoundsDataModule, MultimodalDigitsDataModule
 from zoo.datamodules.paging import PagingDataModule
-from zoo.datamodules.permutations import PermutationDataModule
 from zoo.datamodules.rbc import ChulaRBC12DataModule, OverlappingCellsDataModule, ShuffledTailDigitsDataModule
 from zoo.datamodules.sensing import SensingDataModule
 from zoo.datamodules.subset import SubsetDataModule
@@ -52,7 +50,6 @@ __all__ = [
     "AssociativeMemoryDataModule",
     "BestArmDataModule",
     "BCDDataModule",
-    "CompletionDataModule",
     "LinearSystemsDataModule",
     "MatchingDataModule",
     "MipDataModule",
@@ -69,7 +66,6 @@ __all__ = [
     "ChulaRBC12DataModule",
     "OverlappingCellsDataModule",
     "PagingDataModule",
-    "PermutationDataModule",
     "ShuffledTailDigitsDataModule",
     "COCOPLTDataModule",
     "CREMADDataModule",

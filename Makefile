@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.stochastic_balance
 	$(PY) -m benchmarks.paging
 	$(PY) -m benchmarks.learning_to_relax
+	$(PY) -m benchmarks.permutations
 
 ## Every entry's claim check, or one: make reproduce ENTRY=anyloss; on fresh seeds: SEED_OFFSET=100.
 ## Writes runs/reproduce/NAME.json + .png and copies the picture to cards/NAME/claim.png (claim seeds

@@ -38,6 +38,7 @@ from zoo.datamodules.multicolor import MultiColorDigitsDataModule
 from zoo.datamodules.multilabel import COCOPLTDataModule, MultiLabelDataModule, SyntheticPLTDataModule, VOCPLTDataModule
 from zoo.datamodules.multimodal import CREMADDataModule, KineticsSoundsDataModule, MultimodalDigitsDataModule
 from zoo.datamodules.paging import PagingDataModule
+from zoo.datamodules.permutations import PermutationDataModule
 from zoo.datamodules.rbc import ChulaRBC12DataModule, OverlappingCellsDataModule, ShuffledTailDigitsDataModule
 from zoo.datamodules.sensing import SensingDataModule
 from zoo.datamodules.subset import SubsetDataModule
@@ -66,6 +67,7 @@ __all__ = [
     "ChulaRBC12DataModule",
     "OverlappingCellsDataModule",
     "PagingDataModule",
+    "PermutationDataModule",
     "ShuffledTailDigitsDataModule",
     "COCOPLTDataModule",
     "CREMADDataModule",

@@ -435,6 +435,15 @@ _ENTRIES: tuple[Entry, ...] = (
         card="balans",
         summary="Bandit-driven ALNS for MIP (the balans package on SCIP), stepped one destroy-repair-accept-update iteration per training step.",
     ),
+    Entry(
+        name="permutations",
+        paper="Exact Learning of Permutations for Nonzero Binary Inputs with Logarithmic Training Complexity",
+        arxiv="2502.16763",
+        kind="algorithm",
+        target="zoo.permutations.PermutationEnsemble",
+        card="permutations",
+        summary="An ensemble of two-layer NTK networks trained on the k basis vectors (one batched tensor), averaged and rounded, is exact on all 2^k - 1 nonzero binary inputs.",
+    ),
 )
 
 

@@ -403,7 +403,10 @@ _ENTRIES: tuple[Entry, ...] = (
         target="zoo.paging.FollowThePrediction",
         module="zoo.paging.PagingModule",
         card="paging",
-        summary="Paging with one predicted bit per request: follow-the-prediction (discard bits), marking-based robust and phase-prediction variants, Belady's OPT, a learned bit predictor.",
+        summary=(
+            "Paging with one predicted bit per request: follow-the-prediction (discard bits), marking-based robust and phase-prediction variants, "
+            "Belady's OPT, a learned bit predictor."
+        ),
     ),
     Entry(
         name="fair-one-sided",
@@ -413,7 +416,10 @@ _ENTRIES: tuple[Entry, ...] = (
         target="zoo.fair_one_sided.Exp2SemiBandit",
         module="zoo.fair_one_sided.FairOneSidedModule",
         card="fair-one-sided",
-        summary="One-sided label feedback and an auditor panel reduced to a contextual semi-bandit: Exp2 and Context-Semi-Bandit-FTPL with phantom fairness losses, regret against the best fair policy (HiGHS LP).",
+        summary=(
+            "One-sided label feedback and an auditor panel reduced to a contextual semi-bandit: Exp2 and Context-Semi-Bandit-FTPL with phantom "
+            "fairness losses, regret against the best fair policy (HiGHS LP)."
+        ),
     ),
     Entry(
         name="stochastic-balance",
@@ -423,7 +429,10 @@ _ENTRIES: tuple[Entry, ...] = (
         target="zoo.stochastic_balance.StochasticBalance",
         module="zoo.stochastic_balance.StochasticBalanceModule",
         card="stochastic-balance",
-        summary="Stochastic Balance for online matching with stochastic rewards (argmax p psi(load)), Greedy / Ranking / Random baselines, the matching-LP bound with HiGHS.",
+        summary=(
+            "Stochastic Balance for online matching with stochastic rewards (argmax p psi(load)), Greedy / Ranking / Random baselines, the "
+            "matching-LP bound with HiGHS."
+        ),
     ),
     Entry(
         name="balans",
@@ -442,7 +451,10 @@ _ENTRIES: tuple[Entry, ...] = (
         kind="algorithm",
         target="zoo.permutations.PermutationEnsemble",
         card="permutations",
-        summary="An ensemble of two-layer NTK networks trained on the k basis vectors (one batched tensor), averaged and rounded, is exact on all 2^k - 1 nonzero binary inputs.",
+        summary=(
+            "An ensemble of two-layer NTK networks trained on the k basis vectors (one batched tensor), averaged and rounded, is exact on all 2^k - "
+            "1 nonzero binary inputs."
+        ),
     ),
 )
 

@@ -12,6 +12,7 @@ from zoo.datamodules.cifar import (
     CIFAR100LTDataModule,
     CIFARDataModule,
 )
+from zoo.datamodules.completion import CompletionDataModule
 from zoo.datamodules.continual import SplitTasks
 from zoo.datamodules.contrastive import ContrastiveCIFARDataModule, ContrastiveDigitsDataModule
 from zoo.datamodules.digits import DigitsDataModule
@@ -51,6 +52,7 @@ __all__ = [
     "AssociativeMemoryDataModule",
     "BestArmDataModule",
     "BCDDataModule",
+    "CompletionDataModule",
     "LinearSystemsDataModule",
     "MatchingDataModule",
     "MipDataModule",

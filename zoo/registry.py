@@ -445,6 +445,15 @@ _ENTRIES: tuple[Entry, ...] = (
         summary="Bandit-driven ALNS for MIP (the balans package on SCIP), stepped one destroy-repair-accept-update iteration per training step.",
     ),
     Entry(
+        name="matrix-sensing",
+        paper="How Over-Parameterization Slows Down Gradient Descent in Matrix Sensing: The Curses of Symmetry and Initialization",
+        arxiv="2310.01769",
+        kind="module",
+        target="zoo.matrix_sensing.MatrixSensingModule",
+        card="matrix-sensing",
+        summary="Factorised GD for matrix sensing (symmetric / asymmetric, exact / over-parameterised) and the one-step rebalance (OneStepRebalance) that restores the linear rate.",
+    ),
+    Entry(
         name="permutations",
         paper="Exact Learning of Permutations for Nonzero Binary Inputs with Logarithmic Training Complexity",
         arxiv="2502.16763",

@@ -451,7 +451,10 @@ _ENTRIES: tuple[Entry, ...] = (
         kind="module",
         target="zoo.matrix_sensing.MatrixSensingModule",
         card="matrix-sensing",
-        summary="Factorised GD for matrix sensing (symmetric / asymmetric, exact / over-parameterised) and the one-step rebalance (OneStepRebalance) that restores the linear rate.",
+        summary=(
+            "Factorised GD for matrix sensing (symmetric / asymmetric, exact / over-parameterised) and the one-step rebalance (OneStepRebalance) "
+            "that restores the linear rate."
+        ),
     ),
     Entry(
         name="permutations",

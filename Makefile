@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.paging
 	$(PY) -m benchmarks.learning_to_relax
 	$(PY) -m benchmarks.permutations
+	$(PY) -m benchmarks.altmin
 
 ## Every entry's claim check, or one: make reproduce ENTRY=anyloss; on fresh seeds: SEED_OFFSET=100.
 ## Writes runs/reproduce/NAME.json + .png and copies the picture to cards/NAME/claim.png (claim seeds

@@ -78,23 +78,31 @@ def spectral_init(rows: Tensor, cols: Tensor, vals: Tensor, m: int, n: int, rank
 
 
 # ---------------------------------------------------------------------- Algorithm step 2: one least-squares half-step
+def _by_column(rows: Tensor, cols: Tensor, values: Tensor, n: int, m: int) -> Tensor:
+    """The observations as a sparse CSR ``(n, m)`` matrix, entry ``(j, i)`` = ``values`` at ``(i, j)``."""
+    with warnings.catch_warnings():  # torch flags sparse CSR as beta; products are all it is used for
+        warnings.simplefilter("ignore", UserWarning)
+        coo = torch.sparse_coo_tensor(torch.stack([cols, rows]), values, (n, m), check_invariants=False)
+        return coo.coalesce().to_sparse_csr()
+
+
 def normal_equations(u: Tensor, rows: Tensor, cols: Tensor, vals: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """Per column ``j``: ``G_j = sum_{i:(i,j) in Omega} u_i u_i^T`` (``(n, k, k)``) and ``b_j = sum_i M_ij u_i`` (``(n, k)``)."""
     m, k = u.shape
-    with warnings.catch_warnings():  # torch flags sparse CSR as beta; the product below is all it is used for
-        warnings.simplefilter("ignore", UserWarning)
-        select = torch.sparse_coo_tensor(torch.stack([cols, rows]), torch.ones_like(vals), (n, m), check_invariants=False)
-        select = select.to_sparse_csr()
     outer = (u[:, :, None] * u[:, None, :]).reshape(m, k * k)
-    gram = (select @ outer).reshape(n, k, k)  # 2 |Omega| k^2 flops
-    rhs = torch.zeros(n, k, dtype=u.dtype).index_add_(0, cols, u[rows] * vals[:, None])
+    gram = (_by_column(rows, cols, torch.ones_like(vals), n, m) @ outer).reshape(n, k, k)  # 2 |Omega| k^2 flops
+    rhs = _by_column(rows, cols, vals, n, m) @ u
     return gram, rhs
 
 
-def normal_matvec(u_obs: Tensor, cols: Tensor, v: Tensor) -> Tensor:
-    """``G_j v_j`` for every column without forming ``G``: ``sum_i u_i <u_i, v_j>`` (``4 |Omega| k`` flops); ``u_obs = U[rows]``."""
-    pred = (u_obs * v[cols]).sum(1)
-    return torch.zeros_like(v).index_add_(0, cols, u_obs * pred[:, None])
+def normal_matvec(pattern: Tensor, u: Tensor, v: Tensor) -> Tensor:
+    """``G_j v_j`` for every column without forming ``G``: ``sum_{i in Omega_j} u_i <u_i, v_j>`` (``4 |Omega| k`` flops).
+
+    ``pattern`` is the ``(n, m)`` CSR pattern of Omega (:func:`_by_column` of ones): ``<u_i, v_j>`` on it
+    (a sampled product), then that sparse matrix times ``U``.
+    """
+    pred = torch.sparse.sampled_addmm(pattern, v, u.T, beta=0.0)
+    return pred @ u
 
 
 def exact_solve(u: Tensor, rows: Tensor, cols: Tensor, vals: Tensor, n: int, ridge: float = 1e-10) -> Tensor:
@@ -130,15 +138,16 @@ def _apply_preconditioner(r_factor: Tensor | None, res: Tensor) -> Tensor:
 
 def cg_solve(u: Tensor, rows: Tensor, cols: Tensor, vals: Tensor, v0: Tensor, iters: int, r_factor: Tensor | None = None) -> Tensor:
     """``iters`` (preconditioned) CG iterations on every column's normal equations ``G_j v_j = b_j`` at once, from ``v0``."""
-    u_obs = u[rows]
-    rhs = torch.zeros_like(v0).index_add_(0, cols, u_obs * vals[:, None])
+    n, m = v0.shape[0], u.shape[0]
+    pattern = _by_column(rows, cols, torch.ones_like(vals), n, m)
+    rhs = _by_column(rows, cols, vals, n, m) @ u
     v = v0.clone()
-    res = rhs - normal_matvec(u_obs, cols, v)
+    res = rhs - normal_matvec(pattern, u, v)
     z = _apply_preconditioner(r_factor, res)
     d = z.clone()
     rz = (res * z).sum(1)
     for _ in range(iters):
-        gd = normal_matvec(u_obs, cols, d)
+        gd = normal_matvec(pattern, u, d)
         curv = (d * gd).sum(1)
         alpha = torch.where(curv > 0, rz / torch.where(curv > 0, curv, 1.0), 0.0)
         v = v + alpha[:, None] * d

@@ -457,6 +457,19 @@ _ENTRIES: tuple[Entry, ...] = (
         ),
     ),
     Entry(
+        name="altmin",
+        paper="Low Rank Matrix Completion via Robust Alternating Minimization in Nearly Linear Time",
+        arxiv="2302.11068",
+        kind="algorithm",
+        target="zoo.altmin.RobustAltMinCompletion",
+        extra_modules=("zoo.altmin.ExactAltMin",),
+        card="altmin",
+        summary=(
+            "Matrix completion by alternating minimisation with warm-started inexact least-squares steps (CG, sketch-preconditioned CG); exact "
+            "AltMin baseline."
+        ),
+    ),
+    Entry(
         name="permutations",
         paper="Exact Learning of Permutations for Nonzero Binary Inputs with Logarithmic Training Complexity",
         arxiv="2502.16763",

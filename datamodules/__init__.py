@@ -34,6 +34,7 @@ from zoo.datamodules.longtail import longtail_counts, longtail_indices
 from zoo.datamodules.matching import MatchingDataModule
 from zoo.datamodules.mip import MipDataModule
 from zoo.datamodules.mixture import MarkovMixtureDataModule, MixtureDataModule, MixtureSampler
+from zoo.datamodules.mogfn import ParetoGridDataModule
 from zoo.datamodules.moons import MoonsDataModule
 from zoo.datamodules.multicolor import MultiColorDigitsDataModule
 from zoo.datamodules.multilabel import COCOPLTDataModule, MultiLabelDataModule, SyntheticPLTDataModule, VOCPLTDataModule
@@ -63,6 +64,7 @@ __all__ = [
     "MovingDigitsDataModule",
     "UCF101DataModule",
     "MoonsDataModule",
+    "ParetoGridDataModule",
     "SensingDataModule",
     "SplitTasks",
     "MultiColorDigitsDataModule",

@@ -470,6 +470,18 @@ _ENTRIES: tuple[Entry, ...] = (
         ),
     ),
     Entry(
+        name="mogfn",
+        paper="Multi-Objective GFlowNets",
+        arxiv="2210.12765",
+        kind="module",
+        target="zoo.mogfn.PreferenceConditionalGFlowNet",
+        card="mogfn",
+        summary=(
+            "One preference-conditional GFlowNet (trajectory balance, omega ~ Dirichlet fed to the policy and log Z) against fixed-preference "
+            "GFlowNets on the same budget; exact hypervolume, R2 and the true Pareto set by enumeration."
+        ),
+    ),
+    Entry(
         name="permutations",
         paper="Exact Learning of Permutations for Nonzero Binary Inputs with Logarithmic Training Complexity",
         arxiv="2502.16763",

@@ -368,13 +368,13 @@ class PreferenceConditionalGFlowNet(SolverModule):
             r1_means.append(float(obj[:, 0].mean()))
             seen |= {tuple(s) for s in x.tolist()}
         top1_t, oracle_t = torch.stack(top1), torch.stack(oracle)
-        steps = torch.tensor(r1_means).diff() if hp.ndim == 2 else torch.zeros(1)
+        steps = torch.tensor(r1_means).diff()
         return {
             "train/hv": hypervolume(top1_t),
             "train/hv_oracle": hypervolume(oracle_t),
             "train/r2": r2_indicator(top1_t, grid, torch.ones(hp.ndim)),
             "train/pareto_frac": len(true_front & seen) / len(true_front),
-            "train/mono_frac": float((steps >= -hp.mono_tol).double().mean()),
+            "train/mono_frac": float((steps >= -hp.mono_tol).double().mean()) if hp.ndim == 2 else float("nan"),
             "train/r1_gap": r1_means[-1] - r1_means[0] if hp.ndim == 2 else float("nan"),
         }
 

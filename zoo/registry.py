@@ -465,8 +465,7 @@ _ENTRIES: tuple[Entry, ...] = (
         extra_modules=("zoo.altmin.ExactAltMin",),
         card="altmin",
         summary=(
-            "Matrix completion by alternating minimisation with warm-started inexact least-squares steps (CG, sketch-preconditioned CG); exact "
-            "AltMin baseline."
+            "Matrix completion by alternating minimisation with warm-started inexact least-squares steps (CG, sketch-preconditioned CG); exact AltMin baseline."
         ),
     ),
     Entry(

@@ -41,6 +41,17 @@ HEAVY: dict[str, list[str]] = {
     "convex-relu/full.yaml": ["--model.init_args.iters_per_step=1"],
     "comic/full.yaml": ["--data.init_args.image_size=64", "--data.init_args.imbalance_ratio=1"],  # 3 ResNet-50s at 448 x 448
     "vididi/full.yaml": ["--data.init_args.size=32"],  # R3D-18 on 18 frames of 112 x 112, and a kNN bank
+    # 7 Markov groups x 4,000 sequences of 256 tokens generated before the first step (96 s -> a few)
+    "aioli/full.yaml": ["--data.init_args.pool_size=64", "--data.init_args.test_size=16"],
+    # a 10-minute SCIP reference and 20 s / 60 s SCIP limits per instance of the 1000 x 5000 set cover (491 s -> seconds)
+    "balans/full.yaml": [
+        "--data.init_args.instances=1",
+        "--data.init_args.reference_time=2",
+        "--model.init_args.timelimit_first_solution=2",
+        "--model.init_args.timelimit_alns_iteration=2",
+        "--model.init_args.timelimit_local_branching_iteration=2",
+        "--model.init_args.timelimit_crossover_random_feasible=2",
+    ],
 }
 
 

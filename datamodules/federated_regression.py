@@ -22,6 +22,7 @@ from torch.utils.data import TensorDataset
 
 from zoo.datamodules.federated import FederatedDataModule
 from zoo.federated import ClientData
+from zoo.fedfix import least_squares_optimum
 
 __all__ = ["FederatedRegressionDataModule"]
 
@@ -58,8 +59,6 @@ class FederatedRegressionDataModule(FederatedDataModule):
 
     def optimum(self, importance: str | Tensor = "uniform") -> Tensor:
         """``theta*`` of ``sum_i p_i L_i`` on the drawn data; ``importance`` is ``"uniform"``, ``"ratio"`` or ``p``."""
-        from zoo.fedfix import least_squares_optimum  # here: zoo.fedfix imports the templates, which import datamodules
-
         data = self.client_data()
         p = data.importance(importance) if isinstance(importance, str) else importance
         return least_squares_optimum(data, p)

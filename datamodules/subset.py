@@ -13,6 +13,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from zoo.bids import SELECTORS, BIDSSelector, LESSGradientFeatures
 from zoo.datamodules.digits import DigitsDataModule
 from zoo.nn.backbones import build_backbone
 
@@ -67,8 +68,6 @@ class SubsetDataModule(LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        from zoo.bids import SELECTORS, BIDSSelector  # lazy: zoo.bids imports zoo.templates, which imports this package
-
         if selector not in SELECTORS:
             raise ValueError(f"unknown selector {selector!r}; choose one of {SELECTORS}")
         if not 0 <= label_noise < 1:
@@ -86,8 +85,6 @@ class SubsetDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        from zoo.bids import LESSGradientFeatures
-
         self.data.setup("fit")
         x_tr, y_tr = _stack(self.data.train_set)
         x_va, y_va = _stack(self.data.val_set)
